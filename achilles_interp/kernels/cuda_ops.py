@@ -1,0 +1,97 @@
+"""Thin, lazily imported wrappers over the fused CUDA kernels of ``mamba-ssm`` and ``causal-conv1d``.
+
+``import mamba_ssm`` loads the compiled ``selective_scan_cuda`` extension unconditionally and fails
+on a machine without it, so nothing here imports it at module import time. Each wrapper takes the
+time-major layouts the hooked mixers use (``[batch, pos, ...]``) and returns the same, so the mixers
+call either these or :mod:`achilles_interp.reference_ops` with the same arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+
+class KernelUnavailable(RuntimeError):
+    """The CUDA kernels cannot be used here (not installed, or no GPU)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _modules() -> dict:
+    try:
+        from causal_conv1d import causal_conv1d_fn
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+        from mamba_ssm.ops.triton.ssd_combined import (
+            mamba_chunk_scan_combined,
+            mamba_split_conv1d_scan_combined,
+        )
+    except Exception as e:  # ImportError, or the compiled extension failing to load
+        raise KernelUnavailable(
+            "the CUDA backend needs the `mamba-ssm` and `causal-conv1d` kernels "
+            "(pip install 'achilles-interp[cuda]' on a machine with an NVIDIA GPU); "
+            f"importing them failed with: {type(e).__name__}: {e}"
+        ) from e
+    return dict(
+        causal_conv1d_fn=causal_conv1d_fn,
+        selective_scan_fn=selective_scan_fn,
+        mamba_inner_fn=mamba_inner_fn,
+        mamba_chunk_scan_combined=mamba_chunk_scan_combined,
+        mamba_split_conv1d_scan_combined=mamba_split_conv1d_scan_combined,
+    )
+
+
+def kernels_available() -> bool:
+    """True when a GPU is visible and the mamba-ssm / causal-conv1d kernels import."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        _modules()
+    except KernelUnavailable:
+        return False
+    return True
+
+
+def kernel(name: str):
+    """The kernel function ``name`` (e.g. ``"mamba_inner_fn"``), importing lazily."""
+    return _modules()[name]
+
+
+def causal_conv1d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``causal_conv1d_fn`` without activation. x ``[batch, pos, channels]`` -> same shape."""
+    w = weight.reshape(weight.shape[0], -1)
+    # causal-conv1d takes weights in fp32 or in the input's dtype.
+    if w.dtype not in (torch.float32, x.dtype):
+        w = w.to(x.dtype)
+    out = kernel("causal_conv1d_fn")(x.transpose(1, 2).contiguous(), w, bias, activation=None)
+    return out.transpose(1, 2)
+
+
+def selective_scan_cuda(u, dt, A, B, C, D):
+    """``selective_scan_fn`` with dt already positive (no softplus, no gate).
+
+    u, dt ``[batch, pos, d_inner]``; A ``[d_inner, d_state]``; B, C ``[batch, pos, d_state]``;
+    D ``[d_inner]``. Returns y ``[batch, pos, d_inner]``.
+    """
+    y = kernel("selective_scan_fn")(
+        u.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A.float().contiguous(),
+        B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+        None if D is None else D.float(), z=None, delta_bias=None, delta_softplus=False,
+    )
+    return y.transpose(1, 2)
+
+
+def ssd_scan_cuda(x, dt, A, B, C, D, h0, chunk_size: int):
+    """``mamba_chunk_scan_combined`` with dt already softplus-ed and clamped.
+
+    x ``[batch, pos, nheads, headdim]``; dt ``[batch, pos, nheads]``; A, D ``[nheads]``;
+    B, C ``[batch, pos, ngroups, d_state]``; h0 ``[batch, nheads, headdim, d_state]`` or None.
+    Returns (y ``[batch, pos, nheads, headdim]``, last state).
+    """
+    y, last = kernel("mamba_chunk_scan_combined")(
+        x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(), chunk_size,
+        D=None if D is None else D.float(), z=None, dt_bias=None, initial_states=h0,
+        dt_softplus=False, return_final_states=True,
+    )
+    return y, last

@@ -1,0 +1,157 @@
+"""What the Mamba-1 and Mamba-2 hooked mixers share: the conv stage (with the paper's variants),
+backend dispatch, and the SSM-state hook whose edits propagate through the recurrence."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformer_lens.hook_points import HookPoint
+
+from .config import MambaConfig
+from .kernels import cuda_ops
+from .reference_ops import StatePositions, _normalize_positions, causal_conv1d_ref
+
+# (t0, t1, h0) -> (y [batch, t1-t0, ...], last state [batch, *state])
+SegmentFn = Callable[[int, int, Optional[torch.Tensor]], tuple]
+# (h [batch, *state], t) -> y_t [batch, ...]
+EmitFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class HookedMixerBase(nn.Module):
+    """Common machinery. Subclasses define the projections and ``forward``.
+
+    Attributes set by the owning model before each forward:
+        backend: ``"torch"`` or ``"cuda"`` (already resolved from ``"auto"``).
+    """
+
+    HOOK_NAMES: tuple = ()
+
+    def __init__(self, cfg: MambaConfig, layer_idx: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.backend = "torch"
+        for name in self.HOOK_NAMES:
+            setattr(self, name, HookPoint())
+
+    # ---- conv stage ------------------------------------------------------------------------
+    def _make_conv(self, channels: int) -> None:
+        cfg = self.cfg
+        if cfg.conv_mode == "none":
+            self.conv1d = None
+            return
+        self.conv1d = nn.Conv1d(channels, channels, kernel_size=cfg.d_conv, groups=channels,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        if cfg.conv_kernel == "ones":
+            with torch.no_grad():
+                self.conv1d.weight.fill_(1.0)
+                if self.conv1d.bias is not None:
+                    self.conv1d.bias.zero_()
+            self.conv1d.weight.requires_grad_(False)
+            if self.conv1d.bias is not None:
+                self.conv1d.bias.requires_grad_(False)
+
+    def conv_stage(self, pre: torch.Tensor) -> torch.Tensor:
+        """pre ``[batch, pos, channels]`` -> SSM input ``[batch, pos, channels]``.
+
+        Fires ``hook_conv_out`` (conv output before the activation; the identity when
+        ``conv_mode="none"``) and ``hook_conv_act`` (SiLU(conv), plus ``pre`` when
+        ``conv_mode="bypass"``).
+        """
+        if self.conv1d is None:
+            conv_out = pre
+        elif self.backend == "cuda":
+            conv_out = cuda_ops.causal_conv1d_cuda(pre, self.conv1d.weight, self.conv1d.bias)
+        else:
+            conv_out = causal_conv1d_ref(pre, self.conv1d.weight, self.conv1d.bias)
+        conv_out = self.hook_conv_out(conv_out)
+        act = F.silu(conv_out)
+        if self.cfg.conv_mode == "bypass":
+            act = act + pre
+        return self.hook_conv_act(act)
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def any_hooks(self) -> bool:
+        """True if a forward or backward hook is attached to any hook point of this mixer."""
+        return any(getattr(self, n).fwd_hooks or getattr(self, n).bwd_hooks for n in self.HOOK_NAMES)
+
+    def resolve_state_positions(self, state_positions: StatePositions) -> StatePositions:
+        """States are computed when asked for, or when someone hooks ``hook_ssm_state`` directly."""
+        if state_positions is None and self.hook_ssm_state.fwd_hooks:
+            return "all"
+        return state_positions
+
+    def scan_with_state_hook(
+        self,
+        scan_all: Callable[[Optional[torch.Tensor]], tuple],
+        segment: SegmentFn,
+        emit: EmitFn,
+        L: int,
+        state_positions: StatePositions,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Run the scan, fire ``hook_ssm_state`` and propagate any edits through the recurrence.
+
+        Args:
+            scan_all: ``(positions, inject) -> (y, states or None)`` over the whole sequence;
+                ``inject`` is None or ``(positions, delta)``, an additive state edit.
+            segment: ``(t0, t1, h0) -> (y, last)`` for tokens t0..t1-1 started from state h0.
+            emit: ``(h, t) -> y_t``: the output at token t for a given state (C_t . h + D u_t).
+            L: sequence length; state_positions: None, "all" or a list of positions.
+        Returns:
+            y ``[batch, pos, ...]``.
+
+        Edit semantics: positions whose state the hook changed (compared element-wise with what it
+        received) take the hook's value as h_t; y_t and every later state are recomputed from
+        it; positions the hook left alone are recomputed through the recurrence. Because the
+        recurrence is rerun from each edited position, an edit at t reaches t+1, t+2, ...
+        With a backward hook attached, the hooked states also enter the output through a
+        zero-valued additive edit (``h - h.detach()``), so the gradient that hook sees is the total
+        derivative dL/dh_t through the whole recurrence, as attribution patching needs.
+        """
+        positions = _normalize_positions(state_positions, L, device)
+        if positions is None:
+            return scan_all(None, None)[0]
+        y, states = scan_all(positions, None)
+        hp = self.hook_ssm_state
+        if not (hp.fwd_hooks or hp.bwd_hooks):
+            return y
+        received = states.detach().clone()
+        edited = hp(states)
+        if hp.bwd_hooks:
+            zero_edit = edited - edited.detach()
+            y_inj = scan_all(None, (positions, zero_edit))[0]
+            y = y + (y_inj - y_inj.detach())
+        changed = (edited.detach() != received).flatten(2).any(-1).any(0)    # [P]
+        if not bool(changed.any()):
+            return y
+        idx = changed.nonzero().flatten().tolist()
+        pos = positions.tolist()
+        first = pos[idx[0]]
+        parts = [y[:, :first]]
+        for k, i in enumerate(idx):
+            t = pos[i]
+            h_t = edited[:, i]
+            parts.append(emit(h_t, t).unsqueeze(1))
+            stop = pos[idx[k + 1]] if k + 1 < len(idx) else L
+            if t + 1 < stop:
+                parts.append(segment(t + 1, stop, h_t)[0])
+        return torch.cat(parts, dim=1)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, group_size: Optional[int] = None) -> torch.Tensor:
+    """RMSNorm over the last dim (or over groups of ``group_size`` channels), fp32 math.
+
+    x ``[..., d]``, weight ``[d]`` -> ``[..., d]`` in x's dtype.
+    """
+    xf = x.float()
+    if group_size is not None and group_size != x.shape[-1]:
+        g = xf.reshape(*x.shape[:-1], -1, group_size)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
+        xf = g.reshape(x.shape)
+    else:
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * weight.float()).to(x.dtype)

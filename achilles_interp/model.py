@@ -1,0 +1,300 @@
+"""`HookedMamba`: a Mamba-1 / Mamba-2 language model whose every intermediate is a TransformerLens
+HookPoint, with parameters named exactly as ``mamba_ssm``'s ``MambaLMHeadModel``.
+
+Module tree (parameter names)                     Hook names (TransformerLens style)
+    backbone.embedding                              hook_embed
+    backbone.pos_embedding (pos_embed="learned")   hook_pos_embed
+    backbone.layers.{i}.norm                        blocks.{i}.hook_resid_pre / hook_resid_post
+    backbone.layers.{i}.mixer.*                     blocks.{i}.mixer.hook_*
+    backbone.norm_f                                 hook_resid_final (normed final residual)
+    lm_head
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from .config import BACKENDS, MambaConfig
+from .kernels import cuda_ops
+from .mamba1 import HookedMamba1Mixer
+from .mamba2 import HookedMamba2Mixer
+from .mixer_base import rms_norm
+from .reference_ops import StatePositions
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class Norm(nn.Module):
+    """RMSNorm (``rms_norm=True``, the Mamba default) or LayerNorm; ``weight`` [, ``bias``] [d]."""
+
+    def __init__(self, d: int, eps: float, rms: bool):
+        super().__init__()
+        self.eps, self.rms = eps, rms
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = None if rms else nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rms:
+            return rms_norm(x, self.weight, self.eps)
+        return F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: resid_post = resid_pre + mixer(norm(resid_pre))."""
+
+    def __init__(self, cfg: MambaConfig, layer_idx: int):
+        super().__init__()
+        self.norm = Norm(cfg.d_model, cfg.norm_eps, cfg.rms_norm)
+        mixer_cls = HookedMamba1Mixer if cfg.mixer == "mamba1" else HookedMamba2Mixer
+        self.mixer = mixer_cls(cfg, layer_idx)
+        self.hook_resid_pre = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: torch.Tensor, state_positions: StatePositions = None) -> torch.Tensor:
+        """resid ``[batch, pos, d_model]`` -> ``[batch, pos, d_model]``."""
+        resid = self.hook_resid_pre(resid)
+        out = self.mixer(self.norm(resid), state_positions)
+        return self.hook_resid_post(resid + out.to(resid.dtype))
+
+
+def sinusoidal_table(max_len: int, d: int) -> torch.Tensor:
+    """``[max_len, d]`` fixed sin/cos positional encoding (Vaswani et al., 2017)."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(max_len, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table
+
+
+class MambaBackbone(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        if cfg.pos_embed == "learned":
+            self.pos_embedding = nn.Embedding(cfg.max_len, cfg.d_model)
+        elif cfg.pos_embed == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+        self.layers = nn.ModuleList([MambaBlock(cfg, i) for i in range(cfg.n_layers)])
+        self.norm_f = Norm(cfg.d_model, cfg.norm_eps, cfg.rms_norm)
+
+
+class InputError(ValueError):
+    """The input given to a model is not of an allowed form."""
+
+
+class HookedMamba(HookedRootModule):
+    """Mamba language model with TransformerLens hooks on every intermediate.
+
+    Args:
+        cfg: a :class:`MambaConfig`.
+        backend: ``"auto"`` (CUDA kernels when they import and the model is on a GPU, else the
+            PyTorch reference), ``"torch"`` or ``"cuda"``.
+
+    ``forward(tokens [batch, pos], return_type="logits", ssm_state_positions=None)`` returns
+    logits ``[batch, pos, vocab]``. ``ssm_state_positions`` (None, ``"all"`` or a list of
+    positions) makes every layer's ``hook_ssm_state`` fire with the states at those positions.
+    """
+
+    def __init__(self, cfg: MambaConfig, backend: str = "auto"):
+        super().__init__()
+        if not isinstance(cfg, MambaConfig):
+            raise TypeError(f"HookedMamba needs a MambaConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.backend = backend
+        self.backbone = MambaBackbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        self.hook_embed = HookPoint()
+        if cfg.pos_embed is not None:
+            self.hook_pos_embed = HookPoint()
+        self.hook_resid_final = HookPoint()
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+        self.setup()
+
+    # ---- construction --------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        """mamba_ssm's MambaLMHeadModel init, or the paper's N(0, d1^(-2 gamma)) if init_gamma."""
+        cfg = self.cfg
+        with torch.no_grad():
+            nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+            for name, p in self.named_parameters():
+                if name.endswith("out_proj.weight"):
+                    # GPT-2 style rescale of the residual-writing projection by 1/sqrt(n_layers)
+                    nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+                    p /= math.sqrt(cfg.n_layers)
+                elif name.endswith(".bias") and ("in_proj" in name or "out_proj" in name):
+                    p.zero_()
+            if cfg.init_gamma is not None:
+                for module in self.modules():
+                    if isinstance(module, nn.Linear):
+                        fan_in = module.weight.shape[1]
+                        if module is self.lm_head and cfg.tie_embeddings:
+                            continue
+                        module.weight.normal_(0.0, fan_in ** -cfg.init_gamma)
+                    elif isinstance(module, nn.Embedding):
+                        module.weight.normal_(0.0, module.weight.shape[0] ** -cfg.init_gamma)
+
+    def setup(self) -> None:
+        """Name hook points TransformerLens-style (``blocks.{i}...``) while parameters keep the
+        ``mamba_ssm`` names (``backbone.layers.{i}...``)."""
+        super().setup()
+        renamed_hooks, renamed_mods = {}, dict(self.mod_dict)
+        for name, hp in self.hook_dict.items():
+            alias = name.replace("backbone.layers.", "blocks.")
+            hp.name = alias
+            renamed_hooks[alias] = hp
+            renamed_mods[alias] = hp
+        self.hook_dict = renamed_hooks
+        self.mod_dict = renamed_mods
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The Mamba blocks (an alias of ``backbone.layers``, as ``model.blocks`` in TransformerLens)."""
+        return self.backbone.layers
+
+    # ---- backend -------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        if value == "cuda" and not cuda_ops.kernels_available():
+            try:
+                cuda_ops._modules()
+            except cuda_ops.KernelUnavailable as e:
+                raise cuda_ops.KernelUnavailable(f"backend='cuda' unavailable: {e}") from None
+            raise cuda_ops.KernelUnavailable("backend='cuda' needs a visible NVIDIA GPU")
+        self._backend = value
+
+    def resolved_backend(self) -> str:
+        """The backend this forward will use: "cuda" or "torch"."""
+        device = self.backbone.embedding.weight.device
+        if self._backend == "torch":
+            return "torch"
+        if self._backend == "cuda":
+            if device.type != "cuda":
+                raise cuda_ops.KernelUnavailable(
+                    "backend='cuda' but the model is on the CPU: call model.to('cuda') first")
+            return "cuda"
+        return "cuda" if device.type == "cuda" and cuda_ops.kernels_available() else "torch"
+
+    # ---- forward -------------------------------------------------------------------------
+    def _check_tokens(self, tokens) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            raise InputError(f"tokens must be a torch.LongTensor [batch, pos], got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise InputError(f"tokens must be an integer tensor [batch, pos], got dtype {tokens.dtype}")
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise InputError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.padded_vocab_size):
+            raise InputError(f"token ids must lie in [0, {self.cfg.padded_vocab_size}), got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        if self.cfg.pos_embed is not None and tokens.shape[1] > self.cfg.max_len:
+            raise InputError(f"sequence length {tokens.shape[1]} exceeds max_len={self.cfg.max_len} "
+                             "of this model's positional encoding")
+        return tokens.to(self.backbone.embedding.weight.device).long()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens ``[batch, pos]`` -> residual stream ``[batch, pos, d_model]`` (fp32 if residual_in_fp32)."""
+        resid = self.hook_embed(self.backbone.embedding(tokens))
+        if self.cfg.pos_embed is not None:
+            L = tokens.shape[1]
+            if self.cfg.pos_embed == "learned":
+                pos = self.backbone.pos_embedding.weight[:L]
+            else:
+                pos = self.backbone.pos_table[:L].to(resid.dtype)
+            resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], L, -1))
+        return resid.float() if self.cfg.residual_in_fp32 else resid
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        return_type: Optional[str] = "logits",
+        ssm_state_positions: StatePositions = None,
+        stop_at_layer: Optional[int] = None,
+    ) -> Union[torch.Tensor, tuple, None]:
+        """Run the model.
+
+        Args:
+            tokens: ``[batch, pos]`` token ids (a 1-D tensor is treated as batch 1).
+            return_type: ``"logits"`` ``[batch, pos, vocab]``, ``"loss"`` (mean next-token
+                cross-entropy), ``"both"`` (logits, loss) or None.
+            ssm_state_positions: None, ``"all"`` or a list of positions: fire ``hook_ssm_state``
+                with ``[batch, P, ...state]`` at those positions in every layer.
+            stop_at_layer: if given, run only blocks ``[0, stop_at_layer)`` and return the
+                residual stream ``[batch, pos, d_model]``.
+        """
+        if return_type not in RETURN_TYPES:
+            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        tokens = self._check_tokens(tokens)
+        backend = self.resolved_backend()
+        resid = self.embed(tokens)
+        layers = self.backbone.layers if stop_at_layer is None else self.backbone.layers[:stop_at_layer]
+        for block in layers:
+            block.mixer.backend = backend
+            resid = block(resid, ssm_state_positions)
+        if stop_at_layer is not None:
+            return resid
+        final = self.hook_resid_final(self.backbone.norm_f(resid).to(self.lm_head.weight.dtype))
+        logits = self.lm_head(final)[..., : self.cfg.vocab_size]
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+        return loss if return_type == "loss" else (logits, loss)
+
+    # ---- TransformerLens conveniences -----------------------------------------------------
+    def run_with_cache(self, *model_args, return_cache_object: bool = True, names_filter=None, **kwargs):
+        """As ``HookedRootModule.run_with_cache``, returning an ``ActivationCache``.
+
+        Per-timestep SSM states are large, so ``hook_ssm_state`` is cached only when asked for:
+        pass ``ssm_state_positions="all"`` (or a list), or name it in ``names_filter``.
+        """
+        wants_states = kwargs.get("ssm_state_positions") is not None
+        if names_filter is None and not wants_states:
+            names_filter = _not_state_hook
+        elif isinstance(names_filter, str):
+            names_filter = [names_filter]
+        out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if return_cache_object:
+            return out, ActivationCache(cache_dict, self)
+        return out, cache_dict
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module.load_state_dict``; a tied ``lm_head.weight`` may be absent."""
+        if self.cfg.tie_embeddings and "lm_head.weight" not in state_dict:
+            state_dict = dict(state_dict)
+            state_dict["lm_head.weight"] = state_dict.get("backbone.embedding.weight")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @classmethod
+    def from_pretrained(cls, path, backend: str = "auto", device=None, dtype=None, **overrides) -> "HookedMamba":
+        """Load a local checkpoint directory (achilles-interp, ``mamba_ssm`` or HF format)."""
+        from .loading import load_pretrained
+
+        return load_pretrained(path, backend=backend, device=device, dtype=dtype, **overrides)
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (achilles-interp format) into ``path``."""
+        from .loading import save_pretrained
+
+        save_pretrained(self, path)
+
+
+def _not_state_hook(name: str) -> bool:
+    return not name.endswith("hook_ssm_state")
