@@ -16,14 +16,13 @@ No network access is ever attempted: ``path`` must be a local directory.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from .config import ConfigError, MambaConfig
+from .outputs import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -238,19 +237,6 @@ def load_pretrained(path, backend: str = "auto", device=None, dtype: Optional[to
     return model
 
 
-def _atomic_write(target: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(model, path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (the tied lm_head is not duplicated)."""
     from safetensors.torch import save_file
@@ -262,6 +248,6 @@ def save_pretrained(model, path) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
-    _atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-    _atomic_write(path / "config.json", lambda f: Path(f).write_text(model.cfg.to_json()))
+    atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
+    atomic_write(path / "config.json", lambda f: Path(f).write_text(model.cfg.to_json()))
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .config import MambaConfig
 from .kernels import cuda_ops
 from .mixer_base import HookedMixerBase
-from .reference_ops import StatePositions, selective_scan_ref
+from .reference_ops import StatePositions, accum_dtype, selective_scan_ref
 
 
 def init_dt_bias(n: int, cfg: MambaConfig) -> torch.Tensor:
@@ -63,8 +63,8 @@ class HookedMamba1Mixer(HookedMixerBase):
 
     @property
     def A(self) -> torch.Tensor:
-        """Continuous-time state matrix ``[d_inner, d_state]`` (negative), fp32."""
-        return -torch.exp(self.A_log.float())
+        """Continuous-time state matrix ``[d_inner, d_state]`` (negative), fp32 (fp64 for fp64 models)."""
+        return -torch.exp(self.A_log.to(accum_dtype(self.A_log)))
 
     def can_fuse(self, state_positions: StatePositions) -> bool:
         return (self.backend == "cuda" and state_positions is None and self.cfg.conv_mode == "standard"
@@ -87,7 +87,7 @@ class HookedMamba1Mixer(HookedMixerBase):
         B = self.hook_B(B)
         C = self.hook_C(C)
         A = self.A
-        D = self.D.float()
+        D = self.D.to(accum_dtype(u))
 
         def scan_all(positions, inject):
             if self.backend == "cuda" and positions is None and inject is None:
@@ -100,7 +100,8 @@ class HookedMamba1Mixer(HookedMixerBase):
             return y, last
 
         def emit(h_t: torch.Tensor, t: int) -> torch.Tensor:
-            y_t = torch.einsum("bdn,bn->bd", h_t.float(), C[:, t].float()) + D * u[:, t].float()
+            f = accum_dtype(u)
+            y_t = torch.einsum("bdn,bn->bd", h_t.to(f), C[:, t].to(f)) + D.to(f) * u[:, t].to(f)
             return y_t.to(u.dtype)
 
         y = self.scan_with_state_hook(scan_all, segment, emit, L, state_positions, hidden.device)

@@ -22,7 +22,7 @@ from .config import MambaConfig
 from .kernels import cuda_ops
 from .mamba1 import init_dt_bias
 from .mixer_base import HookedMixerBase, rms_norm
-from .reference_ops import StatePositions, _expand_groups, ssd_chunked_ref, ssd_scan_ref
+from .reference_ops import StatePositions, _expand_groups, accum_dtype, ssd_chunked_ref, ssd_scan_ref
 
 
 class GatedRMSNorm(nn.Module):
@@ -61,8 +61,8 @@ class HookedMamba2Mixer(HookedMixerBase):
 
     @property
     def A(self) -> torch.Tensor:
-        """One negative scalar per head, ``[nheads]``, fp32."""
-        return -torch.exp(self.A_log.float())
+        """One negative scalar per head, ``[nheads]``, fp32 (fp64 for fp64 models)."""
+        return -torch.exp(self.A_log.to(accum_dtype(self.A_log)))
 
     def can_fuse(self, state_positions: StatePositions) -> bool:
         return (self.backend == "cuda" and state_positions is None and self.cfg.conv_mode == "standard"
@@ -98,7 +98,7 @@ class HookedMamba2Mixer(HookedMixerBase):
         if cfg.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(min=cfg.dt_limit[0], max=cfg.dt_limit[1])
         dt = self.hook_dt(dt)
-        A, D = self.A, self.D.float()
+        A, D = self.A, self.D.to(accum_dtype(x))
         xh = x.reshape(batch, L, H, P)
 
         def scan_all(positions, inject):
@@ -116,8 +116,9 @@ class HookedMamba2Mixer(HookedMixerBase):
             return ssd_chunked_ref(*args, h0=h0)
 
         def emit(h_t: torch.Tensor, t: int) -> torch.Tensor:
-            Ct = _expand_groups(C[:, t : t + 1].float(), H)[:, 0]                 # [b, h, n]
-            y_t = torch.einsum("bhpn,bhn->bhp", h_t.float(), Ct) + D[:, None] * xh[:, t].float()
+            f = accum_dtype(x)
+            Ct = _expand_groups(C[:, t : t + 1].to(f), H)[:, 0]                   # [b, h, n]
+            y_t = torch.einsum("bhpn,bhn->bhp", h_t.to(f), Ct) + D.to(f)[:, None] * xh[:, t].to(f)
             return y_t.to(x.dtype)
 
         y = self.scan_with_state_hook(scan_all, segment, emit, L, state_positions, hidden.device)

@@ -12,7 +12,7 @@ from transformer_lens.hook_points import HookPoint
 
 from .config import MambaConfig
 from .kernels import cuda_ops
-from .reference_ops import StatePositions, _normalize_positions, causal_conv1d_ref
+from .reference_ops import StatePositions, _normalize_positions, accum_dtype, causal_conv1d_ref
 
 # (t0, t1, h0) -> (y [batch, t1-t0, ...], last state [batch, *state])
 SegmentFn = Callable[[int, int, Optional[torch.Tensor]], tuple]
@@ -120,11 +120,14 @@ class HookedMixerBase(nn.Module):
         if not (hp.fwd_hooks or hp.bwd_hooks):
             return y
         received = states.detach().clone()
+        if hp.bwd_hooks:
+            # The output is recomputed below through a zero-valued edit; hand the hooks a
+            # detached copy so parameters do not receive a second gradient via the states.
+            states = states.detach().requires_grad_(True)
         edited = hp(states)
         if hp.bwd_hooks:
-            zero_edit = edited - edited.detach()
-            y_inj = scan_all(None, (positions, zero_edit))[0]
-            y = y + (y_inj - y_inj.detach())
+            # same value as y; its graph runs through the hooked states (and, once, the inputs)
+            y = scan_all(None, (positions, edited - edited.detach()))[0]
         changed = (edited.detach() != received).flatten(2).any(-1).any(0)    # [P]
         if not bool(changed.any()):
             return y
@@ -147,11 +150,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, group_size: Opti
 
     x ``[..., d]``, weight ``[d]`` -> ``[..., d]`` in x's dtype.
     """
-    xf = x.float()
+    xf = x.to(accum_dtype(x))
     if group_size is not None and group_size != x.shape[-1]:
         g = xf.reshape(*x.shape[:-1], -1, group_size)
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
         xf = g.reshape(x.shape)
     else:
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (xf * weight.float()).to(x.dtype)
+    return (xf * weight.to(xf.dtype)).to(x.dtype)

@@ -26,7 +26,7 @@ from .kernels import cuda_ops
 from .mamba1 import HookedMamba1Mixer
 from .mamba2 import HookedMamba2Mixer
 from .mixer_base import rms_norm
-from .reference_ops import StatePositions
+from .reference_ops import StatePositions, accum_dtype
 
 RETURN_TYPES = ("logits", "loss", "both", None)
 
@@ -43,7 +43,8 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rms:
             return rms_norm(x, self.weight, self.eps)
-        return F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        f = accum_dtype(x)
+        return F.layer_norm(x.to(f), x.shape[-1:], self.weight.to(f), self.bias.to(f), self.eps).to(x.dtype)
 
 
 class MambaBlock(nn.Module):
@@ -218,7 +219,9 @@ class HookedMamba(HookedRootModule):
             else:
                 pos = self.backbone.pos_table[:L].to(resid.dtype)
             resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], L, -1))
-        return resid.float() if self.cfg.residual_in_fp32 else resid
+        if self.cfg.residual_in_fp32 and resid.dtype in (torch.float16, torch.bfloat16):
+            resid = resid.float()
+        return resid
 
     def forward(
         self,

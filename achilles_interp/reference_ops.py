@@ -25,6 +25,11 @@ StatePositions = Union[None, str, Sequence[int], torch.Tensor]
 DEFAULT_CHUNK = 64
 
 
+def accum_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of the reference: float64 for float64 inputs, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 # ---------------------------------------------------------------------------------------------
 # Causal depthwise convolution
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +187,7 @@ def selective_scan_ref(
     """
     batch, L, d_inner = u.shape
     d_state = A.shape[-1]
-    f32 = torch.float32 if u.dtype != torch.float64 else torch.float64
+    f32 = accum_dtype(u)
     u_, dt_, A_, B_, C_ = (t.to(f32) for t in (u, dt, A, B, C))
     positions = _normalize_positions(state_positions, L, u.device)
     if h0 is None:
@@ -237,7 +242,7 @@ def ssd_scan_ref(
     """
     batch, L, nheads, headdim = x.shape
     d_state = B.shape[-1]
-    f32 = torch.float32 if x.dtype != torch.float64 else torch.float64
+    f32 = accum_dtype(x)
     x_, dt_, A_ = x.to(f32), dt.to(f32), A.to(f32)
     Bh, Ch = _expand_groups(B.to(f32), nheads), _expand_groups(C.to(f32), nheads)
     positions = _normalize_positions(state_positions, L, x.device)
@@ -288,7 +293,7 @@ def ssd_chunked_ref(
     state ``[batch, nheads, headdim, d_state]``.
     """
     batch, L, nheads, headdim = x.shape
-    f32 = torch.float32 if x.dtype != torch.float64 else torch.float64
+    f32 = accum_dtype(x)
     T = min(chunk, L)
     pad = (-L) % T
     x_, dt_ = x.to(f32), dt.to(f32)

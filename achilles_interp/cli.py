@@ -1,0 +1,64 @@
+"""The ``achilles-interp`` command line: a thin layer over the functions notebooks call.
+
+Each sub-command lives in ``achilles_interp/commands/<name>.py`` and exposes
+``register(subparsers)`` (adds its parser, with ``set_defaults(func=run)``) and ``run(args) -> int``.
+Modules are imported lazily so ``achilles-interp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# name -> one-line help; the module achilles_interp.commands.<name> implements it
+COMMANDS = {
+    "info": "describe a checkpoint or config: sizes, hook names and shapes",
+    "train": "train a Mamba variant or the Transformer baseline on a synthetic task",
+    "compare": "train all variants x seeds on a task and tabulate accuracies",
+    "patch": "activation/attribution patching, fusion asymmetry and the conv-vs-SSM verdict",
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="achilles-interp",
+        description="Mechanistic interpretability for Mamba: is the conv, the selective scan or the gate to blame?",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"achilles_interp.commands.{name.replace('-', '_')}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("achilles_interp.commands"):
+                continue  # command not shipped in this build
+            raise
+        module.register(sub, help_text)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"achilles-interp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        # Our own validation errors (ConfigError, CheckpointError, InputError, task errors) are
+        # ValueErrors with a specific message: show it, not a traceback.
+        print(f"achilles-interp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
