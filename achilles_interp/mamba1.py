@@ -89,14 +89,26 @@ class HookedMamba1Mixer(HookedMixerBase):
         A = self.A
         D = self.D.to(accum_dtype(u))
 
+        # On the GPU: mamba_ssm's kernel when no state is needed; the Triton state-emitting kernel
+        # for states and edited-state segments when no gradient is needed; else the reference.
+        on_gpu = self.backend == "cuda"
+        kernel_ok = on_gpu and not cuda_ops.needs_grad(u, dt, A, B, C, D)
+
         def scan_all(positions, inject):
-            if self.backend == "cuda" and positions is None and inject is None:
+            if on_gpu and positions is None and inject is None:
                 return cuda_ops.selective_scan_cuda(u, dt, A, B, C, D), None
+            if kernel_ok and inject is None:
+                y, states, _ = cuda_ops.selective_scan_states_cuda(u, dt, A, B, C, D, positions=positions)
+                return y, states
             y, states, _ = selective_scan_ref(u, dt, A, B, C, D, state_positions=positions, inject=inject)
             return y, states
 
         def segment(t0: int, t1: int, h0: Optional[torch.Tensor]):
-            y, _, last = selective_scan_ref(u[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], D, h0=h0)
+            args = (u[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], D)
+            if kernel_ok and not cuda_ops.needs_grad(h0):
+                y, _, last = cuda_ops.selective_scan_states_cuda(*args, h0=h0)
+                return y, last
+            y, _, last = selective_scan_ref(*args, h0=h0)
             return y, last
 
         def emit(h_t: torch.Tensor, t: int) -> torch.Tensor:

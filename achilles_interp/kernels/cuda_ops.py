@@ -95,3 +95,24 @@ def ssd_scan_cuda(x, dt, A, B, C, D, h0, chunk_size: int):
         dt_softplus=False, return_final_states=True,
     )
     return y, last
+
+
+def needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan_states_cuda(u, dt, A, B, C, D, h0=None, positions=None):
+    """Mamba-1 scan that also emits states, on the Triton kernel (inference only).
+
+    Time-major layouts as :func:`selective_scan_cuda`; h0 ``[batch, d_inner, d_state]`` or None;
+    positions a sorted LongTensor or None. Returns (y ``[batch, pos, d_inner]``,
+    states ``[batch, P, d_inner, d_state]`` fp32 or None, last state ``[batch, d_inner, d_state]``).
+    """
+    from .triton_scan import selective_scan_states
+
+    y, states, last = selective_scan_states(
+        u.transpose(1, 2), dt.transpose(1, 2), A.float(), B.transpose(1, 2), C.transpose(1, 2),
+        None if D is None else D.float(), initial_state=None if h0 is None else h0.float(),
+        state_positions=positions,
+    )
+    return y.transpose(1, 2), states, last

@@ -1,0 +1,129 @@
+"""Forward-pass speed of HookedMamba against mamba_ssm's MambaLMHeadModel (same weights), on a GPU.
+
+Prints one table of ratios from a single run (targets from issue #2):
+  * hooks off             HookedMamba / MambaLMHeadModel           target <= 1.10x
+  * run_with_cache        full cache, no states / MambaLMHeadModel target <= 1.60x
+  * all-position states   naive per-timestep loop / our state cache target >= 50x faster
+
+Usage (device): python benchmarks/forward.py [--mixer mamba1|mamba2] [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def bench(fn, warmup=3, reps=10):
+    """Median wall time (ms) of fn() with CUDA synchronisation around each call."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def naive_state_loop(cache, model):
+    """The TransformerLens-bridge method: a Python loop over time steps per layer, stacking h_t."""
+    out = []
+    for i, block in enumerate(model.blocks):
+        m = block.mixer
+        u, dt = cache[f"blocks.{i}.mixer.hook_conv_act"], cache[f"blocks.{i}.mixer.hook_dt"]
+        B, C = cache[f"blocks.{i}.mixer.hook_B"], cache[f"blocks.{i}.mixer.hook_C"]
+        A = m.A
+        h = torch.zeros(u.shape[0], u.shape[2], A.shape[1], device=u.device)
+        hs = []
+        for t in range(u.shape[1]):
+            h = torch.exp(dt[:, t, :, None] * A) * h + dt[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None]
+            hs.append(h)
+        out.append(torch.stack(hs, 1))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mixer", default="mamba1", choices=["mamba1", "mamba2"])
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/forward.py needs a GPU", file=sys.stderr)
+        return 2
+    from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    from achilles_interp import HookedMamba, MambaConfig
+
+    d_model, n_layer, batch = (256, 2, 2) if args.quick else (768, 4, 8)
+    lengths = [128] if args.quick else [512, 2048]
+    vocab = 50277
+    ssm_cfg = {"layer": "Mamba1"} if args.mixer == "mamba1" else {"layer": "Mamba2", "d_state": 128}
+    theirs = MambaLMHeadModel(SsmConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab, ssm_cfg=ssm_cfg,
+                                        pad_vocab_size_multiple=8),
+                              device="cuda", dtype=torch.float32).eval()
+    cfg = MambaConfig(d_model=d_model, n_layers=n_layer, vocab_size=vocab, mixer=args.mixer,
+                      d_state=16 if args.mixer == "mamba1" else 128, pad_vocab_size_multiple=8)
+    ours = HookedMamba(cfg, backend="cuda").cuda().eval()
+    ours.load_state_dict(theirs.state_dict())
+    rows = []
+    for L in lengths:
+        tokens = torch.randint(0, vocab, (batch, L), device="cuda")
+        with torch.no_grad():
+            ref = theirs(tokens).logits[..., :vocab]
+            err = ((ours(tokens) - ref).norm() / ref.norm()).item()
+            t_ref = bench(lambda: theirs(tokens))
+            t_off = bench(lambda: ours(tokens))
+            t_cache = bench(lambda: ours.run_with_cache(tokens))
+            row = dict(L=L, batch=batch, rel_err=err, mamba_ssm_ms=t_ref, hooks_off_ms=t_off,
+                       run_with_cache_ms=t_cache, hooks_off_ratio=t_off / t_ref, cache_ratio=t_cache / t_ref)
+            if args.mixer == "mamba1":
+                names = lambda n: n.endswith(("hook_ssm_state", "hook_conv_act", "hook_dt", "hook_B", "hook_C"))  # noqa: E731
+                t_states = bench(lambda: ours.run_with_cache(tokens, names_filter=names, ssm_state_positions="all"),
+                                 warmup=1, reps=3)
+                _, cache = ours.run_with_cache(tokens, names_filter=names, ssm_state_positions="all")
+                naive = naive_state_loop(cache, ours)
+                s_err = max(((cache[f"blocks.{i}.mixer.hook_ssm_state"] - naive[i]).norm() / naive[i].norm()).item()
+                            for i in range(n_layer))
+                del naive
+                t0 = time.perf_counter()
+                torch.cuda.synchronize()
+                for _ in range(2):
+                    naive_state_loop(cache, ours)
+                torch.cuda.synchronize()
+                t_naive = (time.perf_counter() - t0) / 2 * 1e3
+                row.update(states_ms=t_states, naive_loop_ms=t_naive, states_speedup=t_naive / t_states,
+                           states_rel_err=s_err)
+                del cache
+            rows.append(row)
+            torch.cuda.empty_cache()
+    print(f"\nHookedMamba ({args.mixer}) vs mamba_ssm MambaLMHeadModel, d_model {d_model}, {n_layer} layers, "
+          f"batch {batch}, fp32, {torch.cuda.get_device_name()}")
+    print("| L | logits rel.err | mamba_ssm ms | hooks off ms (ratio, target <=1.10) | "
+          "run_with_cache ms (ratio, target <=1.60) | all-pos states ms | naive loop ms (speed-up, target >=50) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        states = (f"{r['states_ms']:.1f} | {r['naive_loop_ms']:.0f} ({r['states_speedup']:.0f}x, "
+                  f"state rel.err {r['states_rel_err']:.1e})") if "states_ms" in r else "n/a | n/a"
+        print(f"| {r['L']} | {r['rel_err']:.1e} | {r['mamba_ssm_ms']:.2f} | {r['hooks_off_ms']:.2f} "
+              f"({r['hooks_off_ratio']:.2f}x) | {r['run_with_cache_ms']:.2f} ({r['cache_ratio']:.2f}x) | {states} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

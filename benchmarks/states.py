@@ -1,0 +1,195 @@
+"""All-position SSM states of a Mamba-1 selective scan on the GPU: Triton kernel vs the alternatives.
+
+Prints one table from a single run (targets from issue #5):
+  * states kernel ("all" states) / selective_scan_fn (same y, no states; the floor)   target <= 3x
+  * per-timestep PyTorch loop (TransformerLens-bridge method) / states kernel      target >= 100x
+  * achieved GB/s of the state writes vs this card's device-to-device copy bandwidth, measured in
+    the same run (a copy moves 2 bytes per byte copied: read + write; both counted)
+
+Timings are medians of triton.testing.do_bench (L2 flushed between runs); the per-timestep loop is
+timed with CUDA events (median of 3 after a warm-up) at the full length unless --loop-len is given,
+in which case it is scaled linearly to L and marked as such.
+
+Usage (device): python benchmarks/states.py [--quick] [--json PATH] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(fn, reps=3):
+    """Median wall time (ms) of fn() over reps runs after one warm-up, with CUDA events."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth_gbs(do_bench, n_bytes=2 << 30):
+    """Device-to-device copy bandwidth in GB/s, counting bytes read + bytes written."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * n_bytes / (ms * 1e-3) / 1e9
+
+
+def per_timestep_loop(u, delta, A, B, C, D, delta_bias):
+    """The TransformerLens-bridge method: h = exp(dt A) h + dt B u in a Python loop, stacking h_t."""
+    dt = F.softplus(delta + delta_bias[:, None])                    # [b, d, L]
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    hs = []
+    for t in range(u.shape[2]):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
+        hs.append(h)
+    states = torch.stack(hs, 1)                                     # [b, L, d, n]
+    y = torch.einsum("bldn,bnl->bdl", states, C) + D[:, None] * u
+    return y, states
+
+
+def make_inputs(batch, d_inner, d_state, L, dtype=torch.float32):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(batch, d_inner, L, device="cuda", generator=g).to(dtype)
+    delta = (0.5 * torch.randn(batch, d_inner, L, device="cuda", generator=g) - 2.0).to(dtype)
+    A = -torch.exp(0.5 * torch.randn(d_inner, d_state, device="cuda", generator=g))
+    B = torch.randn(batch, d_state, L, device="cuda", generator=g).to(dtype)
+    C = torch.randn(batch, d_state, L, device="cuda", generator=g).to(dtype)
+    D = torch.randn(d_inner, device="cuda", generator=g)
+    delta_bias = 0.1 * torch.randn(d_inner, device="cuda", generator=g)
+    return u, delta, A, B, C, D, delta_bias
+
+
+def bench_length(L, batch, d_inner, d_state, n_listed, loop_len, bench):
+    """One table row: every timing and the correctness spot checks at sequence length L."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    from achilles_interp.kernels.triton_scan import selective_scan_states
+
+    u, delta, A, B, C, D, bias = make_inputs(batch, d_inner, d_state, L)
+    state_bytes = batch * L * d_inner * d_state * 4
+    pos = torch.linspace(0, L - 1, n_listed).long().unique().tolist()
+    tm = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (u, delta, B, C)]   # model layout
+    hb = [x.bfloat16() for x in (u, delta, B, C)]
+
+    def ours(u_, delta_, B_, C_, positions):
+        return selective_scan_states(u_, delta_, A, B_, C_, D, bias, True, state_positions=positions)
+
+    with torch.no_grad():
+        t_ref = bench(lambda: selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=bias,
+                                                delta_softplus=True))
+        t_y = bench(lambda: ours(u, delta, B, C, None))
+        t_all = bench(lambda: ours(u, delta, B, C, "all"))
+        t_list = bench(lambda: ours(u, delta, B, C, pos))
+        t_all_tm = bench(lambda: ours(*tm, "all"))
+        t_all_bf16 = bench(lambda: ours(*hb, "all"))
+        # correctness spot checks: y against selective_scan_fn, states against the loop
+        y_ref = selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=bias, delta_softplus=True)
+        y_all, st_all, _ = ours(u, delta, B, C, "all")
+        y_err = ((y_all - y_ref).norm() / y_ref.norm()).item()
+        loop_L = min(L, loop_len) if loop_len else L
+        sl = slice(0, loop_L)
+        loop_args = (u[..., sl], delta[..., sl], A, B[..., sl], C[..., sl], D, bias)
+        _, st_loop = per_timestep_loop(*loop_args)
+        st_err = ((st_all[:, sl] - st_loop).norm() / st_loop.norm()).item()
+        del st_loop, st_all, y_all, y_ref
+        t_loop = median_ms(lambda: per_timestep_loop(*loop_args)) * (L / loop_L)
+    torch.cuda.empty_cache()
+    return dict(L=L, t_selective_scan_fn_ms=t_ref, t_y_only_ms=t_y, t_all_states_ms=t_all,
+                t_listed_states_ms=t_list, n_listed=len(pos), t_all_states_time_major_ms=t_all_tm,
+                t_all_states_bf16_ms=t_all_bf16, t_loop_ms=t_loop, loop_len=loop_L,
+                state_gb=state_bytes / 1e9, state_write_gbs=state_bytes / (t_all * 1e-3) / 1e9,
+                y_rel_err_vs_selective_scan_fn=y_err, states_rel_err_vs_loop=st_err)
+
+
+def sweep_configs(L, batch, d_inner, d_state, bench):
+    """Time (BLOCK_D, num_warps) choices for y only and for all states."""
+    from achilles_interp.kernels import triton_scan
+
+    u, delta, A, B, C, D, bias = make_inputs(batch, d_inner, d_state, L)
+    default = triton_scan._default_config(d_inner, d_state)
+    print(f"\n# sweep at L={L} (default BLOCK_D, num_warps = {default}): ms, y-only / all states")
+    out = []
+    for block_d in (2, 4, 8, 16, 32):
+        for warps in (1, 2, 4):
+            if block_d * 16 < 32 * warps:
+                continue
+
+            def run(positions):
+                return triton_scan._scan_impl(u, delta, A, B, C, D, bias, True, None, positions,
+                                              block_d=block_d, num_warps=warps)
+            with torch.no_grad():
+                ty, ta = bench(lambda: run(None)), bench(lambda: run("all"))
+            out.append(dict(block_d=block_d, num_warps=warps, t_y_only_ms=ty, t_all_states_ms=ta))
+            print(f"BLOCK_D={block_d:3d} warps={warps}: {ty:.3f} / {ta:.3f}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--sweep", action="store_true", help="also time BLOCK_D x num_warps configurations")
+    p.add_argument("--loop-len", type=int, default=None,
+                   help="time the per-timestep loop at this length and scale linearly to L")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/states.py needs a GPU", file=sys.stderr)
+        return 2
+    from triton.testing import do_bench
+
+    batch, d_inner, d_state = (2, 256, 16) if args.quick else (4, 1536, 16)
+    lengths = [256] if args.quick else [512, 2048]
+    n_listed = 16
+    bw = copy_bandwidth_gbs(do_bench, (256 << 20) if args.quick else (4 << 30))
+    dev = torch.cuda.get_device_name()
+
+    def bench(fn):
+        return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    rows = [bench_length(L, batch, d_inner, d_state, n_listed, args.loop_len, bench) for L in lengths]
+    results = dict(device=dev, batch=batch, d_inner=d_inner, d_state=d_state, copy_bandwidth_gbs=bw,
+                   rows=rows)
+
+    print(f"\n# selective_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner}, "
+          f"d_state {d_state}, fp32 inputs unless noted, delta_softplus, D; medians of do_bench")
+    print(f"# device-to-device copy bandwidth (read + write bytes): {bw:.0f} GB/s")
+    hdr = ("L", "scan_fn ms", "y-only ms", "all ms", "all/scan_fn", f"{n_listed} pos ms", "all t-major ms",
+           "all bf16 ms", "loop ms", "loop/all", "states GB", "write GB/s", "% copy bw", "y err", "h err")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        loop = f"{r['t_loop_ms']:.1f}"
+        if r["loop_len"] != r["L"]:
+            loop += f" (L={r['loop_len']} x{r['L'] // r['loop_len']})"
+        cells = [str(r["L"]), f"{r['t_selective_scan_fn_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
+                 f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / r['t_selective_scan_fn_ms']:.2f}x",
+                 f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_time_major_ms']:.3f}",
+                 f"{r['t_all_states_bf16_ms']:.3f}", loop, f"{r['t_loop_ms'] / r['t_all_states_ms']:.0f}x",
+                 f"{r['state_gb']:.2f}", f"{r['state_write_gbs']:.0f}",
+                 f"{100 * r['state_write_gbs'] / bw:.0f}%",
+                 f"{r['y_rel_err_vs_selective_scan_fn']:.1e}", f"{r['states_rel_err_vs_loop']:.1e}"]
+        print("| " + " | ".join(cells) + " |")
+    print("targets: all/scan_fn <= 3x; loop/all >= 100x")
+
+    if args.sweep:
+        results["sweep"] = sweep_configs(lengths[-1], batch, d_inner, d_state, bench)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
