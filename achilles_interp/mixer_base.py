@@ -119,16 +119,21 @@ class HookedMixerBase(nn.Module):
         hp = self.hook_ssm_state
         if not (hp.fwd_hooks or hp.bwd_hooks):
             return y
-        received = states.detach().clone()
         if hp.bwd_hooks:
             # The output is recomputed below through a zero-valued edit; hand the hooks a
             # detached copy so parameters do not receive a second gradient via the states.
             states = states.detach().requires_grad_(True)
+        version = states._version
         edited = hp(states)
         if hp.bwd_hooks:
             # same value as y; its graph runs through the hooked states (and, once, the inputs)
             y = scan_all(None, (positions, edited - edited.detach()))[0]
-        changed = (edited.detach() != received).flatten(2).any(-1).any(0)    # [P]
+        if edited is states and states._version == version:
+            return y  # the hooks only read the states (caching): nothing to propagate
+        # Something was edited. Compare with the states as computed (recomputed if the hook
+        # wrote into the tensor it was given) to find the edited positions.
+        original = states if states._version == version else scan_all(positions, None)[1]
+        changed = (edited.detach() != original.detach()).flatten(2).any(-1).any(0)    # [P]
         if not bool(changed.any()):
             return y
         idx = changed.nonzero().flatten().tolist()
@@ -151,10 +156,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, group_size: Opti
     x ``[..., d]``, weight ``[d]`` -> ``[..., d]`` in x's dtype.
     """
     xf = x.to(accum_dtype(x))
-    if group_size is not None and group_size != x.shape[-1]:
-        g = xf.reshape(*x.shape[:-1], -1, group_size)
-        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
-        xf = g.reshape(x.shape)
-    else:
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (xf * weight.to(xf.dtype)).to(x.dtype)
+    d = x.shape[-1]
+    if group_size is not None and group_size != d:
+        normed = F.rms_norm(xf.reshape(*x.shape[:-1], d // group_size, group_size), (group_size,), eps=eps)
+        return (normed.reshape(x.shape) * weight.to(xf.dtype)).to(x.dtype)
+    return F.rms_norm(xf, (d,), weight.to(xf.dtype), eps).to(x.dtype)
