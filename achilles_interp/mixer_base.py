@@ -104,9 +104,10 @@ class HookedMixerBase(nn.Module):
         Returns:
             y ``[batch, pos, ...]``.
 
-        Edit semantics: positions whose state the hook changed (compared element-wise with what it
-        received) take the hook's value as h_t; y_t and every later state are recomputed from
-        it; positions the hook left alone are recomputed through the recurrence. Because the
+        Edit semantics, per batch row: positions whose state the hook changed (compared
+        element-wise with what it received) take the hook's value as h_t; y_t and every later
+        state are recomputed from it; positions the hook left alone are recomputed through the
+        recurrence (so one row may be patched at t1 and another at t2 in the same forward). Because the
         recurrence is rerun from each edited position, an edit at t reaches t+1, t+2, ...
         With a backward hook attached, the hooked states also enter the output through a
         zero-valued additive edit (``h - h.detach()``), so the gradient that hook sees is the total
@@ -133,20 +134,27 @@ class HookedMixerBase(nn.Module):
         # Something was edited. Compare with the states as computed (recomputed if the hook
         # wrote into the tensor it was given) to find the edited positions.
         original = states if states._version == version else scan_all(positions, None)[1]
-        changed = (edited.detach() != original.detach()).flatten(2).any(-1).any(0)    # [P]
-        if not bool(changed.any()):
+        changed = (edited.detach() != original.detach()).flatten(2).any(-1)          # [batch, P]
+        cols = changed.any(0).nonzero().flatten().tolist()
+        if not cols:
             return y
-        idx = changed.nonzero().flatten().tolist()
         pos = positions.tolist()
-        first = pos[idx[0]]
-        parts = [y[:, :first]]
-        for k, i in enumerate(idx):
+        parts = [y[:, : pos[cols[0]]]]
+        h_prop = original[:, cols[0]]        # the state the recurrence brings to the first edit
+        for k, i in enumerate(cols):
             t = pos[i]
-            h_t = edited[:, i]
+            row_edited = changed[:, i].reshape(-1, *([1] * (h_prop.dim() - 1)))
+            h_t = torch.where(row_edited, edited[:, i].to(h_prop.dtype), h_prop)   # edits are per row
             parts.append(emit(h_t, t).unsqueeze(1))
-            stop = pos[idx[k + 1]] if k + 1 < len(idx) else L
-            if t + 1 < stop:
-                parts.append(segment(t + 1, stop, h_t)[0])
+            if k + 1 < len(cols):
+                nxt = pos[cols[k + 1]]
+                if nxt > t + 1:
+                    y_seg, h_prop = segment(t + 1, nxt + 1, h_t)   # run through nxt for its state
+                    parts.append(y_seg[:, :-1])
+                else:
+                    h_prop = segment(t + 1, nxt + 1, h_t)[1]
+            elif t + 1 < L:
+                parts.append(segment(t + 1, L, h_t)[0])
         return torch.cat(parts, dim=1)
 
 

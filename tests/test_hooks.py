@@ -194,3 +194,27 @@ def test_state_backward_hook_leaves_parameter_gradients_unchanged():
     assert plain.keys() == hooked.keys()
     for n in plain:
         torch.testing.assert_close(hooked[n], plain[n], msg=n)
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_state_edits_are_per_batch_row(mixer):
+    """Row 0 patched at t=2 and row 1 at t=6 in one forward equals each row patched alone."""
+    model = make(mixer)
+    tokens = torch.randint(0, 40, (2, L_))
+    name = "blocks.0.mixer.hook_ssm_state"
+
+    def patch(rows_positions):
+        def f(states, hook):
+            states = states.clone()
+            for row, t in rows_positions:
+                states[row, t] = states[row, t] * -2.0 + 0.5
+            return states
+        with torch.no_grad():
+            return model.run_with_hooks(tokens, ssm_state_positions="all", fwd_hooks=[(name, f)])
+    both = patch([(0, 2), (1, 6)])
+    torch.testing.assert_close(both[0], patch([(0, 2)])[0])
+    torch.testing.assert_close(both[1], patch([(1, 6)])[1])
+    assert not torch.allclose(both[0], patch([])[0])
+    adjacent = patch([(0, 2), (1, 3), (0, 3)])   # consecutive edited positions, two edits in row 0
+    torch.testing.assert_close(adjacent[1], patch([(1, 3)])[1])
+    torch.testing.assert_close(adjacent[0], patch([(0, 2), (0, 3)])[0])
