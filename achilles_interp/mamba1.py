@@ -61,14 +61,6 @@ class HookedMamba1Mixer(HookedMixerBase):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-    @property
-    def A(self) -> torch.Tensor:
-        """Continuous-time state matrix ``[d_inner, d_state]`` (negative), fp32 (fp64 for fp64 models)."""
-        return -torch.exp(self.A_log.to(accum_dtype(self.A_log)))
-
-    def can_fuse(self, state_positions: StatePositions) -> bool:
-        return (self.backend == "cuda" and state_positions is None and self.cfg.conv_mode == "standard"
-                and not self.any_hooks())
 
     def forward(self, hidden: torch.Tensor, state_positions: StatePositions = None) -> torch.Tensor:
         """hidden ``[batch, pos, d_model]`` (normed residual) -> ``[batch, pos, d_model]``."""

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -59,14 +58,6 @@ class HookedMamba2Mixer(HookedMixerBase):
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
 
-    @property
-    def A(self) -> torch.Tensor:
-        """One negative scalar per head, ``[nheads]``, fp32 (fp64 for fp64 models)."""
-        return -torch.exp(self.A_log.to(accum_dtype(self.A_log)))
-
-    def can_fuse(self, state_positions: StatePositions) -> bool:
-        return (self.backend == "cuda" and state_positions is None and self.cfg.conv_mode == "standard"
-                and not self.any_hooks())
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

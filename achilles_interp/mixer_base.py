@@ -73,6 +73,18 @@ class HookedMixerBase(nn.Module):
             act = act + pre
         return self.hook_conv_act(act)
 
+    @property
+    def A(self) -> torch.Tensor:
+        """A = -exp(A_log): ``[d_inner, d_state]`` (Mamba-1) or one scalar per head ``[nheads]``
+        (Mamba-2); negative, fp32 (fp64 for fp64 models)."""
+        return -torch.exp(self.A_log.to(accum_dtype(self.A_log)))
+
+    def can_fuse(self, state_positions: StatePositions) -> bool:
+        """The whole mixer may run as one fused kernel: GPU, no state asked for, the standard
+        conv, and no hook anywhere in the mixer (nothing could fire inside the kernel)."""
+        return (self.backend == "cuda" and state_positions is None and self.cfg.conv_mode == "standard"
+                and not self.any_hooks())
+
     # ---- hooks ----------------------------------------------------------------------------
     def any_hooks(self) -> bool:
         """True if a forward or backward hook is attached to any hook point of this mixer."""
@@ -158,7 +170,8 @@ class HookedMixerBase(nn.Module):
         return torch.cat(parts, dim=1)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, group_size: Optional[int] = None) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             group_size: Optional[int] = None) -> torch.Tensor:
     """RMSNorm over the last dim (or over groups of ``group_size`` channels), fp32 math.
 
     x ``[..., d]``, weight ``[d]`` -> ``[..., d]`` in x's dtype.
