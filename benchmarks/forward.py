@@ -44,7 +44,7 @@ def naive_state_loop(cache, model):
     for i, block in enumerate(model.blocks):
         m = block.mixer
         u, dt = cache[f"blocks.{i}.mixer.hook_conv_act"], cache[f"blocks.{i}.mixer.hook_dt"]
-        B, C = cache[f"blocks.{i}.mixer.hook_B"], cache[f"blocks.{i}.mixer.hook_C"]
+        B = cache[f"blocks.{i}.mixer.hook_B"]
         A = m.A
         h = torch.zeros(u.shape[0], u.shape[2], A.shape[1], device=u.device)
         hs = []
