@@ -11,6 +11,10 @@ Core API::
 from .config import ConfigError, MambaConfig
 from .loading import CheckpointError
 from .model import HookedMamba, InputError
+from .transformer import HookedTransformerBaseline, TransformerConfig
+from .zoo import build_model, checkpoints_dir, load_default, load_model
 
-__all__ = ["HookedMamba", "MambaConfig", "ConfigError", "CheckpointError", "InputError"]
+__all__ = ["HookedMamba", "MambaConfig", "ConfigError", "CheckpointError", "InputError",
+           "HookedTransformerBaseline", "TransformerConfig", "build_model", "load_model", "load_default",
+           "checkpoints_dir"]
 __version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""``achilles-interp train``: train one model variant on one synthetic task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``compare``."""
+    from ..training.presets import PRESETS
+
+    p.add_argument(
+        "--task", required=True, help="task name (inverse-matching, forward-matching, composite, ...)"
+    )
+    p.add_argument(
+        "--preset",
+        default="auto",
+        choices=["auto", *PRESETS],
+        help="training recipe: paper (GPU), quick (CPU, < 3 min), ship; auto = paper on a GPU, else quick",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
+    p.add_argument("--n-train", type=int, default=None, help="override the training-set size (examples)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    p.add_argument("--n-layers", type=int, default=None, help="override the number of layers")
+    p.add_argument("--d-model", type=int, default=None, help="override the residual width")
+    p.add_argument(
+        "--init-gamma",
+        type=float,
+        default=None,
+        help="override the initialisation exponent gamma (weights ~ N(0, fan_in^(-2 gamma)))",
+    )
+    p.add_argument(
+        "--pos-embed",
+        default=None,
+        choices=["sinusoidal", "learned"],
+        help="positional encoding of the *-pe Mamba variants (default: the preset's)",
+    )
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    from ..cli import CLIError
+
+    out = {}
+    for flag, key in (("n_layers", "n_layers"), ("d_model", "d_model"), ("init_gamma", "init_gamma")):
+        v = getattr(args, flag)
+        if v is not None:
+            if v <= 0:
+                raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {v}")
+            out[key] = v
+    if args.pos_embed is not None:
+        out["pos_embed"] = args.pos_embed
+    for flag in ("epochs", "n_train", "batch_size", "threads"):
+        v = getattr(args, flag)
+        if v is not None and v <= 0:
+            raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {v}")
+    return out
+
+
+def command_line(args: argparse.Namespace, name: str) -> str:
+    """The command as typed when run from a shell (``sys.argv``), else rebuilt from ``args``."""
+    if len(sys.argv) > 1 and sys.argv[1] == name:
+        return "achilles-interp " + " ".join(sys.argv[1:])
+    parts = ["achilles-interp", name]
+    for key, value in vars(args).items():
+        if key in ("func", "command") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def check_task(name: str) -> None:
+    from ..cli import CLIError
+    from ..tasks import list_tasks
+
+    if name not in list_tasks():
+        raise CLIError(f"unknown task {name!r}; allowed: {', '.join(list_tasks())}")
+
+
+def check_device(device) -> None:
+    import torch
+
+    from ..cli import CLIError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda requested but no CUDA GPU is visible; use --device cpu")
+
+
+def register(sub, help_text: str) -> None:
+    from ..zoo import VARIANTS
+
+    p = sub.add_parser(
+        "train",
+        help=help_text,
+        description=(
+            "Train a Mamba variant or the Transformer baseline on a synthetic task. Writes config.json, "
+            "model.safetensors, train_state.pt and metrics.json into --out."
+        ),
+    )
+    add_common_args(p)
+    p.add_argument("--model", required=True, choices=list(VARIANTS), help="model variant")
+    p.add_argument(
+        "--mixer", default="mamba2", choices=["mamba1", "mamba2"], help="Mamba mixer (default mamba2)"
+    )
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data, initialisation and shuffling (default 0)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import CLIError
+    from ..training import train
+
+    check_task(args.task)
+    check_device(args.device)
+    if args.seed < 0:
+        raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    overrides = model_overrides(args)
+    metrics = train(
+        args.task,
+        args.model,
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        device=args.device,
+        epochs=args.epochs,
+        mixer=args.mixer,
+        resume=args.resume,
+        n_train=args.n_train,
+        batch_size=args.batch_size,
+        model_overrides=overrides,
+        progress=not args.no_progress,
+        threads=args.threads,
+        command=command_line(args, "train"),
+    )
+    final = metrics["final"]
+    acc = ", ".join(f"{s} {a:.3f}" for s, a in final["accuracy"].items())
+    print(
+        f"{args.model} ({metrics['run']['mixer'] or 'attention'}) on {args.task}, seed {args.seed}: "
+        f"accuracy {acc}; "
+        f"{metrics['provenance']['elapsed_s']:.0f} s; run in {args.out}"
+    )
+    return 0

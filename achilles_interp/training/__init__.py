@@ -1,0 +1,8 @@
+"""Training: the paper's recipe and smaller presets, a resumable seeded trainer, variant
+comparisons (:mod:`.compare`), the reproduction grid (:mod:`.reproduce`) and the shipped
+checkpoints (:mod:`.ship`)."""
+
+from .presets import PRESETS, Preset, default_preset_name, get_preset
+from .trainer import evaluate, train
+
+__all__ = ["PRESETS", "Preset", "default_preset_name", "get_preset", "evaluate", "train"]

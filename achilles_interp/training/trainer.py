@@ -1,0 +1,412 @@
+"""Train a model variant on a synthetic task: seeded, resumable, with per-split evaluation.
+
+    from achilles_interp.training import train
+    metrics = train("inverse-matching", "mamba-bypass-pe", "runs/bypass", preset="quick", seed=0)
+    metrics["final"]["accuracy"]        # {"train": ..., "test": ..., "ood": ...}
+
+Files written into ``out_dir`` (every one atomically, see :mod:`achilles_interp.outputs`):
+
+* ``config.json`` + ``model.safetensors`` - the model (``model.save_pretrained``), loadable with
+  :func:`achilles_interp.zoo.load_model`;
+* ``train_state.pt`` - model, optimiser and scheduler state, epoch, history and RNG states, so
+  ``train(..., resume=True)`` continues to the same final weights as an uninterrupted run;
+* ``metrics.json`` - run description, evaluation history, final per-split accuracy and loss,
+  and provenance (command line, seed, preset, git commit, elapsed seconds, device).
+
+Determinism: the training set and every evaluation set are generated from ``seed`` by the task
+(independent streams per split), the model is initialised under ``torch.manual_seed(seed)``,
+and epoch ``e`` is shuffled by a generator seeded with ``(seed, e)``; so an interrupted run and
+a resumed run see the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..outputs import atomic_write, write_json
+from ..tasks import Task, TaskBatch, get_task, task_loss
+from ..tasks.base import answer_logits
+from ..zoo import build_model
+from .presets import Preset, get_preset
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.json"
+EVAL_BATCH = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def git_commit() -> Optional[str]:
+    """HEAD commit of the repository holding this package, or None (not a checkout / no git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads)"
+    )
+
+
+def resolve_task(task: Union[str, Task], n_layers: int) -> Task:
+    """A Task object; a name is built with ``get_task`` (matching tasks get ``n_layers`` fillers x 3)."""
+    if isinstance(task, Task):
+        return task
+    if task in ("inverse-matching", "forward-matching"):
+        return get_task(task, n_layers=n_layers)
+    return get_task(task)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on ``_no_weight_decay`` parameters, norm weights and biases
+    (every parameter with fewer than 2 dimensions); frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if getattr(p, "_no_weight_decay", False) or p.dim() < 2 or "norm" in name or ".ln" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(
+    step: int, steps_per_epoch: int, warmup_epochs: float, epochs: int, lr_min: float, lr_max: float
+) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up then cosine to lr_min."""
+    warm = warmup_epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return lr_min + (lr_max - lr_min) * step / warm
+    if total <= warm:
+        return lr_max
+    frac = min(1.0, (step - warm) / (total - warm))
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * frac))
+
+
+@torch.no_grad()
+def evaluate(model, batch: TaskBatch, device: torch.device, batch_size: int = EVAL_BATCH) -> dict:
+    """Accuracy and loss of ``model`` on ``batch``, plus task-specific rates.
+
+    Returns a dict with ``accuracy`` (fraction of answer positions whose argmax is the label),
+    ``loss`` (mean cross-entropy at the answer positions, nats) and, when the batch's ``meta``
+    allows: ``match_<key>`` for every ``meta`` entry ending in ``_answer`` (fraction of
+    predictions equal to that alternative answer, e.g. the composite task's compositional /
+    symmetric solutions) and ``distractor_rate`` (inverse/forward matching: fraction of
+    predictions equal to the other matching rule's key, over rows that have one).
+    """
+    model.eval()
+    preds, losses, n = [], 0.0, 0
+    for start in range(0, batch.n, batch_size):
+        chunk = batch[start : start + batch_size].to(device)
+        logits = model(chunk.tokens)
+        losses += task_loss(logits, chunk).item() * chunk.n
+        n += chunk.n
+        preds.append(answer_logits(logits, chunk).argmax(-1).cpu())
+    pred = torch.cat(preds)  # [n, k]
+    labels = batch.labels_2d()
+    out = {"accuracy": (pred == labels).float().mean().item(), "loss": losses / n}
+    if not batch.multi_answer:
+        p = pred[:, 0]
+        for key, value in batch.meta.items():
+            if key.endswith("_answer") and value.shape == p.shape:
+                out[f"match_{key}"] = (p == value).float().mean().item()
+        if "distractor_label" in batch.meta:
+            d = batch.meta["distractor_label"]
+            has = d > 0
+            if bool(has.any()):
+                out["distractor_rate"] = (p[has] == d[has]).float().mean().item()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+def train(
+    task: Union[str, Task],
+    model_name: str,
+    out_dir: Union[str, os.PathLike],
+    preset: Union[str, Preset, None] = "auto",
+    seed: int = 0,
+    device: Optional[str] = None,
+    epochs: Optional[int] = None,
+    mixer: str = "mamba2",
+    resume: bool = False,
+    n_train: Optional[int] = None,
+    n_eval: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    model_overrides: Optional[dict] = None,
+    stop_after_epochs: Optional[int] = None,
+    progress: bool = True,
+    command: Optional[str] = None,
+    threads: Optional[int] = None,
+) -> dict:
+    """Train variant ``model_name`` on ``task`` and write the run into ``out_dir``.
+
+    Args:
+        task: task name (see :func:`achilles_interp.tasks.list_tasks`) or a Task object. The
+            matching tasks are built with the model's ``n_layers`` (3 fillers per layer).
+        model_name: variant name (:data:`achilles_interp.zoo.VARIANTS`).
+        out_dir: run directory (created).
+        preset: ``"paper"``, ``"quick"``, ``"ship"``, a :class:`Preset`, or ``"auto"``/None
+            (paper on a GPU, quick on the CPU).
+        seed: seeds data generation, initialisation and shuffling.
+        device: ``"cpu"``, ``"cuda"`` (HookedMamba then uses the CUDA kernels through
+            ``backend="auto"``) or None (cuda when available).
+        epochs: override the preset's number of epochs (warm-up scaled proportionally).
+        mixer: ``"mamba1"`` or ``"mamba2"`` for the Mamba variants.
+        resume: continue from ``out_dir/train_state.pt`` (the run's arguments must match).
+        n_train, n_eval, batch_size: override the preset's dataset sizes / batch size.
+        model_overrides: extra :func:`~achilles_interp.zoo.build_model` arguments (e.g.
+            ``{"n_layers": 3, "init_gamma": 1.0}``).
+        stop_after_epochs: return after this many epochs *in this call* (the schedule is still
+            that of the full run; ``resume=True`` later finishes it).
+        progress: show a tqdm progress bar.
+        command: command line recorded in the provenance (default: ``sys.argv``).
+        threads: if set, ``torch.set_num_threads(threads)`` for this process (CPU training; on a
+            shared machine 1 thread avoids OpenMP oversubscription, which can be 10x slower).
+
+    Returns:
+        The ``metrics.json`` content: ``run`` (description), ``history`` (per evaluation: epoch,
+        step, lr, mean train loss since the last evaluation, per-split accuracy/loss), ``final``
+        (``accuracy``/``loss``/``extra`` per split; None while unfinished), ``complete`` and
+        ``provenance``.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    if threads is not None:
+        if threads <= 0:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        torch.set_num_threads(int(threads))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but no CUDA GPU is visible; use --device cpu")
+    dev = torch.device(device)
+    p = preset if isinstance(preset, Preset) else get_preset(preset, str(dev))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if mixer not in ("mamba1", "mamba2"):
+        raise ValueError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
+    n_epochs = p.epochs if epochs is None else int(epochs)
+    if n_epochs <= 0:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    warmup = p.warmup_epochs * n_epochs / p.epochs
+    mkw = p.model_kwargs(model_name)
+    mkw.update(model_overrides or {})
+    task_obj = resolve_task(task, mkw.get("n_layers", 2))
+    bs = int(batch_size or p.batch_size_for(task_obj.name))
+    n_tr = int(n_train or p.n_train)
+    n_ev = int(n_eval or p.n_eval)
+    for name, v in (("batch_size", bs), ("n_train", n_tr), ("n_eval", n_ev)):
+        if v <= 0:
+            raise ValueError(f"{name} must be positive, got {v}")
+
+    # ---- data and model (both deterministic in seed) ----------------------------------------
+    seed_everything(seed)
+    model = build_model(
+        model_name, vocab_size=task_obj.vocab_size, max_len=max(task_obj.seq_len, 64), mixer=mixer, **mkw
+    ).to(dev)
+    train_split = task_obj.splits[0]
+    train_set = task_obj.generate(n_tr, seed=seed, split=train_split)
+    eval_sets = {
+        s: (train_set[: min(n_ev, n_tr)] if s == train_split else task_obj.generate(n_ev, seed=seed, split=s))
+        for s in task_obj.splits
+    }
+    train_dev = train_set.to(dev)
+    steps_per_epoch = math.ceil(n_tr / bs)
+    opt = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr_min, betas=tuple(p.betas), eps=p.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_at(s, steps_per_epoch, warmup, n_epochs, p.lr_min, p.lr_max) / p.lr_min
+    )
+
+    run = {
+        "task": task_obj.name,
+        "model": model_name,
+        "mixer": mixer if not model_name.startswith("transformer") else None,
+        "preset": p.name,
+        "seed": seed,
+        "epochs": n_epochs,
+        "warmup_epochs": warmup,
+        "batch_size": bs,
+        "n_train": n_tr,
+        "n_eval": n_ev,
+        "steps_per_epoch": steps_per_epoch,
+        "splits": list(task_obj.splits),
+        "model_config": model.cfg.to_dict(),
+        "model_class": type(model).__name__,
+        "n_parameters": sum(q.numel() for q in model.parameters()),
+        "preset_params": p.to_dict(),
+        "model_overrides": model_overrides or {},
+    }
+    history: list[dict] = []
+    start_epoch, elapsed_before = 0, 0.0
+    state_path = out_dir / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise ValueError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
+        st = torch.load(state_path, map_location=dev, weights_only=False)
+        keys = ("task", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
+        diff = [k for k in keys if st["run"].get(k) != run.get(k)]
+        if diff:
+            raise ValueError(
+                f"--resume: the run in {out_dir} differs in {diff} "
+                f"(saved {[st['run'].get(k) for k in diff]}, now {[run.get(k) for k in diff]})"
+            )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch, history, elapsed_before = st["epoch"], st["history"], st["elapsed_s"]
+        random.setstate(st["rng"]["python"])
+        np.random.set_state(st["rng"]["numpy"])
+        torch.set_rng_state(st["rng"]["torch"])
+    elif state_path.exists():
+        raise ValueError(
+            f"{out_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) "
+            "or choose another output directory"
+        )
+
+    def provenance() -> dict:
+        return {
+            "command": command if command is not None else " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "seed": seed,
+            "preset": p.name,
+            "git_commit": git_commit(),
+            "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
+            "device": device_description(dev),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "resumed": bool(resume),
+        }
+
+    def metrics_doc(final: Optional[dict]) -> dict:
+        return {
+            "run": run,
+            "history": history,
+            "final": final,
+            "complete": final is not None,
+            "provenance": provenance(),
+        }
+
+    def save_state(epoch: int) -> None:
+        st = {
+            "run": run,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "elapsed_s": elapsed_before + time.time() - t_start,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+        }
+        atomic_write(state_path, lambda f: torch.save(st, f))
+
+    def eval_all() -> dict:
+        return {s: evaluate(model, b, dev) for s, b in eval_sets.items()}
+
+    # ---- loop ---------------------------------------------------------------------------------
+    end_epoch = n_epochs if stop_after_epochs is None else min(n_epochs, start_epoch + int(stop_after_epochs))
+    bar = tqdm(
+        total=n_epochs,
+        initial=start_epoch,
+        desc=f"{model_name}/{run['mixer'] or 'attn'} s{seed}",
+        disable=not progress,
+        unit="epoch",
+        leave=False,
+    )
+    results = None
+    for epoch in range(start_epoch, end_epoch):
+        model.train()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n_tr, generator=g).to(dev)
+        loss_sum, n_seen = torch.zeros((), device=dev), 0
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs : (i + 1) * bs]
+            batch = train_dev[idx]
+            loss = task_loss(model(batch.tokens), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * batch.n
+            n_seen += batch.n
+        done = epoch + 1
+        if done % p.eval_every == 0 or done == n_epochs:
+            results = eval_all()
+            history.append(
+                {
+                    "epoch": done,
+                    "step": done * steps_per_epoch,
+                    "lr": sched.get_last_lr()[0],
+                    "train_loss": (loss_sum / max(n_seen, 1)).item(),
+                    "accuracy": {s: r["accuracy"] for s, r in results.items()},
+                    "loss": {s: r["loss"] for s, r in results.items()},
+                    "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
+                }
+            )
+            bar.set_postfix({f"acc_{s}": f"{a:.3f}" for s, a in history[-1]["accuracy"].items()})
+        bar.update(1)
+        if done % p.eval_every == 0 or done == end_epoch:
+            save_state(done)
+            if done < n_epochs:  # progress snapshot for long runs (complete: false)
+                write_json(out_dir / METRICS_FILE, metrics_doc(None))
+    bar.close()
+
+    finished = end_epoch == n_epochs
+    if finished:
+        if results is None or not history or history[-1]["epoch"] != n_epochs:
+            results = eval_all()  # resumed after the last epoch already ran
+        final = {
+            "accuracy": {s: r["accuracy"] for s, r in results.items()},
+            "loss": {s: r["loss"] for s, r in results.items()},
+            "extra": {
+                s: {k: v for k, v in r.items() if k not in ("accuracy", "loss")} for s, r in results.items()
+            },
+        }
+    else:
+        final = None
+    model.save_pretrained(out_dir)
+    doc = metrics_doc(final)
+    write_json(out_dir / METRICS_FILE, doc)
+    return doc

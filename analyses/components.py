@@ -1,0 +1,85 @@
+"""Named components of a block -> TransformerLens hook names, for HookedMamba and the Transformer.
+
+A *component* is a short name (``"conv_act"``) that maps to one hook per layer
+(``"blocks.{layer}.mixer.hook_conv_act"``). Analyses take component names; models that lack a
+component (a Transformer has no conv) simply get NaN for it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+# Mamba (Mamba-1 and Mamba-2) components: name -> hook template
+MAMBA_COMPONENTS: Dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "mixer_in": "blocks.{layer}.mixer.hook_in",
+    "x": "blocks.{layer}.mixer.hook_x",
+    "conv_out": "blocks.{layer}.mixer.hook_conv_out",
+    "conv_act": "blocks.{layer}.mixer.hook_conv_act",
+    "dt": "blocks.{layer}.mixer.hook_dt",
+    "B": "blocks.{layer}.mixer.hook_B",
+    "C": "blocks.{layer}.mixer.hook_C",
+    "ssm_state": "blocks.{layer}.mixer.hook_ssm_state",
+    "ssm_out": "blocks.{layer}.mixer.hook_ssm_out",
+    "gate": "blocks.{layer}.mixer.hook_gate",
+    "gated": "blocks.{layer}.mixer.hook_gated",
+    "mixer_out": "blocks.{layer}.mixer.hook_out",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+}
+
+# Transformer baseline components (HookedTransformerBaseline / TransformerLens names)
+TRANSFORMER_COMPONENTS: Dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mixer_out": "blocks.{layer}.hook_attn_out",  # the token mixer of a Transformer is attention
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+}
+
+DEFAULT_COMPONENTS: List[str] = [
+    "resid_pre",
+    "conv_out",
+    "conv_act",
+    "ssm_state",
+    "ssm_out",
+    "gate",
+    "mixer_out",
+]
+# the three inputs of the mixer output at position i (see analyses.verdict)
+PATH_COMPONENTS: List[str] = ["conv_act", "ssm_state", "gate"]
+
+
+def n_layers(model) -> int:
+    return int(model.cfg.n_layers)
+
+
+def is_mamba(model) -> bool:
+    return "blocks.0.mixer.hook_conv_out" in model.hook_dict
+
+
+def component_map(model) -> Dict[str, str]:
+    return MAMBA_COMPONENTS if is_mamba(model) else TRANSFORMER_COMPONENTS
+
+
+def all_component_names() -> List[str]:
+    return sorted(set(MAMBA_COMPONENTS) | set(TRANSFORMER_COMPONENTS))
+
+
+def check_components(components: Sequence[str]) -> List[str]:
+    """Validate component names; raise ValueError naming the allowed ones."""
+    if isinstance(components, str):
+        components = [components]
+    allowed = all_component_names()
+    bad = [c for c in components if c not in allowed]
+    if bad or not components:
+        raise ValueError(f"unknown component(s) {bad or components!r}; allowed: {', '.join(allowed)}")
+    return list(components)
+
+
+def hook_name(model, component: str, layer: int) -> str | None:
+    """Hook name of ``component`` at ``layer`` in ``model``, or None if the model lacks it."""
+    template = component_map(model).get(component)
+    if template is None:
+        return None
+    name = template.format(layer=layer)
+    return name if name in model.hook_dict else None

@@ -1,0 +1,164 @@
+"""Per-example metrics at the answer position and the clean/corrupted data they need.
+
+All metrics read ``logits [batch, pos, vocab]`` at ``answer_pos`` and return one number per
+example (``[batch]``); analyses average them. Metric names:
+
+* ``"logit_diff"``: logit[clean label] - logit[corrupted label] (nats).
+* ``"prob"``: softmax probability of the clean label (over the whole vocabulary).
+* ``"accuracy"``: 1.0 if the clean label wins the argmax (over ``label_tokens`` when given, else
+  the whole vocabulary), else 0.0. Not differentiable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+METRICS = ("logit_diff", "prob", "accuracy")
+DIFFERENTIABLE_METRICS = ("logit_diff", "prob")
+
+
+def check_metric(metric: str, differentiable: bool = False) -> str:
+    allowed = DIFFERENTIABLE_METRICS if differentiable else METRICS
+    if metric not in allowed:
+        raise ValueError(f"metric must be one of {allowed}, got {metric!r}")
+    return metric
+
+
+@dataclass
+class PatchingData:
+    """A clean/corrupted pair of batches.
+
+    Attributes:
+        clean_tokens, corrupted_tokens: ``LongTensor [n, L]``.
+        answer_pos: int or ``LongTensor [n]``: the position whose logits predict the label.
+        clean_labels, corrupted_labels: ``LongTensor [n]`` token ids.
+        label_tokens: optional ``LongTensor [c]`` candidate answers (accuracy is argmax over them).
+    """
+
+    clean_tokens: torch.Tensor
+    corrupted_tokens: torch.Tensor
+    answer_pos: Union[int, torch.Tensor]
+    clean_labels: torch.Tensor
+    corrupted_labels: torch.Tensor
+    label_tokens: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        for name in ("clean_tokens", "corrupted_tokens"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.dim() != 2:
+                raise ValueError(f"{name} must be a LongTensor [n, L]")
+        if self.clean_tokens.shape != self.corrupted_tokens.shape:
+            raise ValueError(
+                f"clean and corrupted tokens must have the same shape, got "
+                f"{tuple(self.clean_tokens.shape)} and {tuple(self.corrupted_tokens.shape)}"
+            )
+        n, L = self.clean_tokens.shape
+        for name in ("clean_labels", "corrupted_labels"):
+            t = torch.as_tensor(getattr(self, name)).long()
+            if t.dim() == 0:
+                t = t.expand(n)
+            if t.shape != (n,):
+                raise ValueError(f"{name} must be a LongTensor [n={n}], got {tuple(t.shape)}")
+            setattr(self, name, t)
+        ap = self.answer_pos
+        if isinstance(ap, torch.Tensor):
+            if ap.dim() == 2 and ap.shape[1] == 1:
+                ap = ap[:, 0]
+            if ap.shape != (n,):
+                raise ValueError(f"answer_pos must be an int or LongTensor [n={n}], got {tuple(ap.shape)}")
+            if int(ap.min()) < 0 or int(ap.max()) >= L:
+                raise ValueError(f"answer_pos must lie in [0, {L})")
+        elif not 0 <= int(ap) < L:
+            raise ValueError(f"answer_pos must lie in [0, {L}), got {ap}")
+        self.answer_pos = ap
+
+    @property
+    def n(self) -> int:
+        return self.clean_tokens.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.clean_tokens.shape[1]
+
+    def answer_positions(self) -> torch.Tensor:
+        """``LongTensor [n]``."""
+        if isinstance(self.answer_pos, torch.Tensor):
+            return self.answer_pos.long()
+        return torch.full((self.n,), int(self.answer_pos), dtype=torch.long)
+
+    def single_answer_pos(self) -> int:
+        """The answer position when it is the same for every example (else ValueError)."""
+        ap = self.answer_positions()
+        if not bool((ap == ap[0]).all()):
+            raise ValueError("this analysis needs one answer position shared by all examples")
+        return int(ap[0])
+
+    def subset(self, idx) -> "PatchingData":
+        ap = self.answer_pos[idx] if isinstance(self.answer_pos, torch.Tensor) else self.answer_pos
+        return PatchingData(
+            self.clean_tokens[idx],
+            self.corrupted_tokens[idx],
+            ap,
+            self.clean_labels[idx],
+            self.corrupted_labels[idx],
+            self.label_tokens,
+        )
+
+    @classmethod
+    def from_task(cls, task, n: int, seed: int = 0, split: str = "test") -> "PatchingData":
+        """Build from a task's ``clean_corrupted_pairs(n, seed, split)``."""
+        clean, corrupted, info = task.clean_corrupted_pairs(n, seed=seed, split=split)
+        if clean.labels.dim() != 1:
+            raise ValueError(
+                f"patching needs a single-answer task; {task!r} has labels {tuple(clean.labels.shape)}"
+            )
+        return cls(
+            clean.tokens,
+            corrupted.tokens,
+            clean.answer_pos,
+            info["clean_labels"],
+            info["corrupted_labels"],
+            getattr(task, "label_tokens", None),
+        )
+
+
+def answer_logits(logits: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tensor:
+    """logits ``[b, L, V]``, answer_pos ``[b]`` -> ``[b, V]``."""
+    idx = answer_pos.to(logits.device).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
+    return logits.gather(1, idx)[:, 0]
+
+
+def metric_per_example(logits: torch.Tensor, data: PatchingData, metric: str, reps: int = 1) -> torch.Tensor:
+    """Per-example metric. ``logits [reps * n, L, V]`` (``reps`` stacked copies of the batch,
+    replica-major) -> ``[reps * n]`` (float; differentiable for logit_diff and prob)."""
+    check_metric(metric)
+    ap = data.answer_positions().repeat(reps)
+    right = data.clean_labels.repeat(reps).to(logits.device)
+    wrong = data.corrupted_labels.repeat(reps).to(logits.device)
+    al = answer_logits(logits, ap).float()
+    if metric == "logit_diff":
+        return al.gather(1, right[:, None])[:, 0] - al.gather(1, wrong[:, None])[:, 0]
+    if metric == "prob":
+        return al.softmax(-1).gather(1, right[:, None])[:, 0]
+    if data.label_tokens is not None:
+        cand = data.label_tokens.to(al.device)
+        pred = cand[al[:, cand].argmax(-1)]
+    else:
+        pred = al.argmax(-1)
+    return (pred == right).float()
+
+
+def normalised_effect(value, clean: float, corrupted: float, direction: str):
+    """Fraction of the clean-vs-corrupted gap a patch moves: 1 = the whole gap.
+
+    denoising (patch clean into corrupted): ``(value - corrupted) / (clean - corrupted)``
+    noising (patch corrupted into clean):   ``(clean - value) / (clean - corrupted)``
+    A zero gap gives NaN.
+    """
+    gap = clean - corrupted
+    if abs(gap) < 1e-12:
+        return value * float("nan")
+    return (value - corrupted) / gap if direction == "denoising" else (clean - value) / gap

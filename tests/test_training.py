@@ -1,0 +1,285 @@
+"""Trainer, presets, CLI train/compare, reproduction report: tiny configurations only (CPU, seconds)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from achilles_interp.cli import main
+from achilles_interp.tasks import get_task, task_loss
+from achilles_interp.training import PRESETS, Preset, get_preset, train
+from achilles_interp.training.trainer import lr_at, param_groups
+from achilles_interp.zoo import build_model, load_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast and avoids OpenMP oversubscription on a busy 2-core box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+TINY = Preset(
+    name="tiny",
+    epochs=3,
+    warmup_epochs=1,
+    lr_min=1e-4,
+    lr_max=3e-3,
+    batch_size=32,
+    n_train=96,
+    n_eval=32,
+    eval_every=1,
+    model=dict(d_model=16, d_state=4, n_layers=2, headdim=8, init_gamma=0.5, pos_embed="sinusoidal"),
+    transformer=dict(d_mlp=32),
+)
+
+
+@pytest.mark.parametrize("name", ["mamba", "transformer", "mamba-bypass-pe"])
+def test_few_steps_reduce_loss(name):
+    task = get_task("inverse-matching", n_layers=2)
+    batch = task.generate(64, seed=0)
+    torch.manual_seed(0)
+    model = build_model(name, vocab_size=256, max_len=64, d_model=16, d_state=4, headdim=8)
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = task_loss(model(batch.tokens), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_param_groups_and_schedule():
+    model = build_model("mamba-ones", vocab_size=32, max_len=16, d_model=16, d_state=4, headdim=8)
+    decay, no_decay = param_groups(model, 0.01)
+    ids = {id(p) for p in no_decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in ids}
+    assert any(n.endswith("A_log") for n in names) and any(n.endswith("norm.weight") for n in names)
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert not any(
+        n.endswith("conv1d.weight")
+        for n, p in model.named_parameters()
+        if id(p) in ids | {id(q) for q in decay["params"]}
+    )  # frozen all-ones kernel excluded
+    # paper schedule: 1e-5 -> 2.5e-4 over 10 epochs, cosine back to 1e-5 at epoch 200
+    p = PRESETS["paper"]
+    assert lr_at(0, 100, p.warmup_epochs, p.epochs, p.lr_min, p.lr_max) == pytest.approx(1e-5)
+    assert lr_at(1000, 100, p.warmup_epochs, p.epochs, p.lr_min, p.lr_max) == pytest.approx(2.5e-4)
+    assert lr_at(20000, 100, p.warmup_epochs, p.epochs, p.lr_min, p.lr_max) == pytest.approx(1e-5)
+    assert get_preset("auto", "cpu").name == "quick" and get_preset("auto", "cuda").name == "paper"
+
+
+def test_train_writes_everything(tmp_path):
+    m = train(
+        "inverse-matching", "mamba", tmp_path / "run", preset=TINY, seed=0, device="cpu", progress=False
+    )
+    for f in ("config.json", "model.safetensors", "train_state.pt", "metrics.json"):
+        assert (tmp_path / "run" / f).is_file(), f
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert doc["complete"] and set(doc["final"]["accuracy"]) == {"train", "test", "ood"}
+    assert all(0.0 <= a <= 1.0 for a in doc["final"]["accuracy"].values())
+    assert "distractor_rate" in doc["final"]["extra"]["test"]
+    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3]
+    prov = doc["provenance"]
+    assert (
+        prov["seed"] == 0 and prov["preset"] == "tiny" and prov["elapsed_s"] > 0 and "cpu" in prov["device"]
+    )
+    assert doc["final"] == m["final"] and doc["history"] == m["history"]
+    model = load_model(tmp_path / "run")
+    assert model(torch.zeros(1, 29, dtype=torch.long)).shape == (1, 29, 256)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(
+            "inverse-matching", "mamba", tmp_path / "run", preset=TINY, seed=0, device="cpu", progress=False
+        )
+
+
+@pytest.mark.parametrize("name", ["mamba", "transformer"])
+def test_resume_matches_uninterrupted(tmp_path, name):
+    full = train(
+        "forward-matching", name, tmp_path / "full", preset=TINY, seed=3, device="cpu", progress=False
+    )
+    part = train(
+        "forward-matching",
+        name,
+        tmp_path / "part",
+        preset=TINY,
+        seed=3,
+        device="cpu",
+        progress=False,
+        stop_after_epochs=1,
+    )
+    assert part["final"] is None and not part["complete"]
+    done = train(
+        "forward-matching",
+        name,
+        tmp_path / "part",
+        preset=TINY,
+        seed=3,
+        device="cpu",
+        progress=False,
+        resume=True,
+    )
+    a, b = (
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(tmp_path / "part" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert done["final"]["accuracy"] == full["final"]["accuracy"]
+    assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in full["history"]]
+
+
+def test_cli_train_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "train",
+            "--task",
+            "composite",
+            "--model",
+            "mamba-ones",
+            "--mixer",
+            "mamba2",
+            "--out",
+            str(out),
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--d-model",
+            "16",
+            "--batch-size",
+            "32",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["final"]["accuracy"]) == {"train", "test", "test_seen"}
+    assert {"match_compositional_answer", "match_symmetric_answer"} <= set(doc["final"]["extra"]["test"])
+    assert "accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "nope", "--model", "mamba"], "unknown task 'nope'"),
+        (["--task", "inverse-matching", "--model", "mamba", "--epochs", "0"], "--epochs must be positive"),
+        (["--task", "inverse-matching", "--model", "mamba", "--seed", "-1"], "--seed must be >= 0"),
+        (["--task", "inverse-matching", "--model", "mamba", "--resume"], "no train_state.pt"),
+    ],
+)
+def test_cli_bad_arguments_exit_2(tmp_path, capsys, argv, message):
+    rc = main(["train", *argv, "--out", str(tmp_path / "x"), "--device", "cpu", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_unknown_model_is_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--task", "inverse-matching", "--model", "mamba3", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "invalid choice: 'mamba3'" in capsys.readouterr().err
+
+
+def test_compare_and_reproduce_tiny(tmp_path):
+    rc = main(
+        [
+            "compare",
+            "--task",
+            "forward-matching",
+            "--models",
+            "transformer",
+            "mamba",
+            "--seeds",
+            "0",
+            "1",
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--n-train",
+            "32",
+            "--d-model",
+            "16",
+            "--out",
+            str(tmp_path / "cmp"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    res = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(res["summary"]) == {"transformer", "mamba-mamba2"}
+    assert res["summary"]["transformer"]["accuracy"]["test"]["n"] == 2
+    assert "| transformer | 2 |" in (tmp_path / "cmp" / "results.md").read_text()
+    assert (tmp_path / "cmp" / "accuracy.png").stat().st_size > 1000
+
+    from achilles_interp.training.reproduce import main as reproduce
+
+    md = tmp_path / "repro.md"
+    assert (
+        reproduce(
+            [
+                "--out",
+                str(md),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--preset",
+                "quick",
+                "--seeds",
+                "0",
+                "--mixers",
+                "mamba2",
+                "--epochs",
+                "1",
+                "--n-train",
+                "32",
+                "--n-eval",
+                "16",
+                "--d-model",
+                "16",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    text = md.read_text()
+    assert "## Where it disagrees with the paper" in text and "Inverse sequence matching" in text
+    assert "| mamba-bypass-pe-mamba2 | 1 |" in text and "held-out '43'" in text
+
+
+def test_shipped_checkpoints_match_their_provenance():
+    """Each shipped checkpoint loads, is small, and re-evaluates to the test accuracy it records."""
+    from achilles_interp.training.trainer import evaluate, resolve_task
+    from achilles_interp.zoo import checkpoints_dir, list_checkpoints, load_default
+
+    names = list_checkpoints()
+    if not names:
+        pytest.skip("no shipped checkpoints (python -m achilles_interp.training.ship)")
+    for name in names:
+        folder = checkpoints_dir() / name
+        prov = json.loads((folder / "PROVENANCE.json").read_text())
+        assert (folder / "model.safetensors").stat().st_size < 2 * 1024 * 1024
+        model = load_default(name)
+        run = prov["run"]
+        task = resolve_task(run["task"], run["model_config"]["n_layers"])
+        batch = task.generate(run["n_eval"], seed=prov["seed"], split="test")
+        got = evaluate(model, batch, torch.device("cpu"))["accuracy"]
+        assert got == pytest.approx(prov["final_accuracy"]["test"], abs=1e-6), name
