@@ -39,14 +39,22 @@ def grid(models: Sequence[str], mixers: Sequence[str]) -> list[tuple[str, Option
     return out
 
 
-def run_one(task, model: str, mixer: Optional[str], seed: int, out_dir: Path, preset, **kw) -> dict:
-    """Train (or reuse / resume) one run; returns its metrics.json content."""
-    run_dir = out_dir / variant_label(model, mixer) / f"seed{seed}"
-    mfile = run_dir / METRICS_FILE
+def finished_run(out_dir: Path, model: str, mixer: Optional[str], seed: int) -> Optional[dict]:
+    """The metrics.json of a completed run, or None."""
+    mfile = out_dir / variant_label(model, mixer) / f"seed{seed}" / METRICS_FILE
     if mfile.is_file():
         doc = json.loads(mfile.read_text())
         if doc.get("complete"):
             return doc
+    return None
+
+
+def run_one(task, model: str, mixer: Optional[str], seed: int, out_dir: Path, preset, **kw) -> dict:
+    """Train (or reuse / resume) one run; returns its metrics.json content."""
+    run_dir = out_dir / variant_label(model, mixer) / f"seed{seed}"
+    done = finished_run(out_dir, model, mixer, seed)
+    if done is not None:
+        return done
     resume = (run_dir / STATE_FILE).is_file()
     return train(task, model, run_dir, preset=preset, seed=seed, mixer=mixer or "mamba2", resume=resume, **kw)
 
@@ -162,8 +170,12 @@ def compare(
     command: Optional[str] = None,
     n_eval: Optional[int] = None,
     threads: Optional[int] = None,
+    finished_only: bool = False,
 ) -> dict:
     """Train every (variant, mixer) x seed on ``task``; write results.json / results.md / accuracy.png.
+
+    ``finished_only=True`` trains nothing: it tabulates the runs already complete under
+    ``out_dir`` (cells without one are left out of the tables).
 
     Returns the ``results.json`` content: ``task``, ``preset``, ``command``, ``runs`` (per run:
     label, seed, final metrics, run dir) and ``summary`` (see :func:`summarize`).
@@ -176,6 +188,11 @@ def compare(
     pairs = grid(models, mixers)
     runs = []
     jobs = [(m, x, s) for m, x in pairs for s in seeds]
+    if finished_only:
+        runs = [r for r in (finished_run(out_dir, m, x, sd) for m, x, sd in jobs) if r is not None]
+        if not runs:
+            raise ValueError(f"no finished runs under {out_dir} for {task}")
+        jobs = []
     for model, mixer, seed in tqdm(jobs, desc="compare", disable=not progress, unit="run"):
         runs.append(
             run_one(

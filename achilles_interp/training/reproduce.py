@@ -252,6 +252,36 @@ def render(
     return "\n".join(lines)
 
 
+def _train_in_parallel(args, argv, preset: str, device: str) -> None:
+    """Run one child process per (task, seed), all writing into the shared runs dir (their run
+    directories are disjoint), with a shared deadline."""
+    import subprocess
+
+    forwarded = []
+    for flag in ("epochs", "n_train", "n_eval", "d_model", "threads"):
+        value = getattr(args, flag)
+        if value is not None:
+            forwarded += [f"--{flag.replace('_', '-')}", str(value)]
+    groups = [(task, seed) for task in args.tasks for seed in args.seeds]
+    pending = list(groups)
+    running: list = []
+    deadline = None if args.time_limit is None else time.time() + args.time_limit
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            task, seed = pending.pop(0)
+            cmd = [sys.executable, "-m", "achilles_interp.training.reproduce", "--tasks", task, "--seeds", str(seed),
+                   "--mixers", *args.mixers, "--preset", preset, "--device", device, "--runs-dir", args.runs_dir,
+                   "--no-report", "--no-progress", *forwarded]
+            running.append(subprocess.Popen(cmd))
+        running = [p for p in running if p.poll() is None]
+        if deadline is not None and time.time() > deadline:
+            for p in running:
+                p.terminate()
+            print(f"time limit reached: {len(running)} group(s) stopped, {len(pending)} not started", file=sys.stderr)
+            return
+        time.sleep(2)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m achilles_interp.training.reproduce",
@@ -280,6 +310,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--d-model", type=int, default=None, help="override the preset's model width")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="train the (task, seed) groups in this many parallel processes (one GPU can host "
+                         "several of these small models), then tabulate")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="with --jobs: stop waiting after this many seconds and tabulate the runs that "
+                         "finished (missing cells are reported as not run)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="train nothing: tabulate the finished runs under --runs-dir")
+    ap.add_argument("--no-report", action="store_true", help="train only; write no markdown report")
     args = ap.parse_args(argv)
     from .presets import get_preset
 
@@ -290,9 +329,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     t0 = time.time()
     runs = Path(args.runs_dir)
+    finished_only = args.render_only
+    if args.jobs > 1 and not args.render_only:
+        _train_in_parallel(args, argv, preset, device)
+        finished_only = True
     results = {}
     for task in args.tasks:
         models = COMPOSITE_MODELS if task == "composite" else MATCHING_MODELS
+        try:
+            results[task] = compare(
+                task, models, args.mixers, args.seeds, preset, runs / task, device=device,
+                progress=False, command=command, finished_only=True,
+            ) if finished_only else None
+        except ValueError as e:  # nothing finished for this task
+            print(f"{task}: {e}", file=sys.stderr)
+            continue
+        if finished_only:
+            continue
         results[task] = compare(
             task,
             models,
@@ -309,6 +362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             command=command,
             threads=args.threads,
         )
+    if args.no_report:
+        return 0
     text = render(results, args.mixers, args.seeds, preset, command, time.time() - t0)
     write_text(args.out, text)
     print(f"wrote {args.out}")
