@@ -31,7 +31,7 @@ import torch
 from ..outputs import write_text
 from .compare import compare, fmt, markdown_table
 
-MATCHING_MODELS = ["transformer", "mamba", "mamba-noconv", "mamba-bypass-pe"]
+MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
 COMPOSITE_MODELS = ["mamba", "mamba-ones", "mamba-pe"]
 CHANCE = 0.2  # inverse/forward matching: 5 candidate keys
 
