@@ -167,6 +167,14 @@ def composite_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def _trained_on(results: dict) -> str:
+    """The devices and run times recorded in the runs' own metrics (they may predate this invocation)."""
+    devices = sorted({str(r.get("device")) for res in results.values() for r in res.get("runs", [])})
+    times = [r.get("elapsed_s") for res in results.values() for r in res.get("runs", []) if r.get("elapsed_s")]
+    span = f"; {len(times)} runs, {min(times):.0f}-{max(times):.0f} s each" if times else ""
+    return (", ".join(devices) or "unknown") + span
+
+
 def render(
     results: dict, mixers: Sequence[str], seeds: Sequence[int], preset: str, command: str, elapsed_s: float
 ) -> str:
@@ -180,7 +188,8 @@ def render(
         "",
         f"* Command: `{command}`",
         f"* Preset: `{preset}`; seeds: {list(seeds)}; mixers: {list(mixers)}",
-        f"* Hardware: {hardware()}",
+        f"* Runs trained on: {_trained_on(results)}",
+        f"* Report rendered on: {hardware()}",
         f"* Wall time of this invocation: {elapsed_s / 60:.1f} min (runs reused from an earlier "
         "invocation are not re-timed; each run's own time is in its metrics.json)",
         "",
