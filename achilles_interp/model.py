@@ -22,6 +22,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import BACKENDS, MambaConfig
+from .inputs import InputError, validate_tokens
 from .kernels import cuda_ops
 from .mamba1 import HookedMamba1Mixer
 from .mamba2 import HookedMamba2Mixer
@@ -85,10 +86,6 @@ class MambaBackbone(nn.Module):
             self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
         self.layers = nn.ModuleList([MambaBlock(cfg, i) for i in range(cfg.n_layers)])
         self.norm_f = Norm(cfg.d_model, cfg.norm_eps, cfg.rms_norm)
-
-
-class InputError(ValueError):
-    """The input given to a model is not of an allowed form."""
 
 
 class HookedMamba(HookedRootModule):
@@ -193,21 +190,9 @@ class HookedMamba(HookedRootModule):
 
     # ---- forward -------------------------------------------------------------------------
     def _check_tokens(self, tokens) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor):
-            raise InputError(f"tokens must be a torch.LongTensor [batch, pos], got {type(tokens).__name__}")
-        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise InputError(f"tokens must be an integer tensor [batch, pos], got dtype {tokens.dtype}")
-        if tokens.dim() == 1:
-            tokens = tokens[None]
-        if tokens.dim() != 2 or tokens.shape[1] == 0:
-            raise InputError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.padded_vocab_size):
-            raise InputError(f"token ids must lie in [0, {self.cfg.padded_vocab_size}), got range "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
-        if self.cfg.pos_embed is not None and tokens.shape[1] > self.cfg.max_len:
-            raise InputError(f"sequence length {tokens.shape[1]} exceeds max_len={self.cfg.max_len} "
-                             "of this model's positional encoding")
-        return tokens.to(self.backbone.embedding.weight.device).long()
+        cfg = self.cfg
+        return validate_tokens(tokens, cfg.padded_vocab_size, self.backbone.embedding.weight.device,
+                               cfg.max_len if cfg.pos_embed is not None else None)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens ``[batch, pos]`` -> residual stream ``[batch, pos, d_model]`` (fp32 if residual_in_fp32)."""

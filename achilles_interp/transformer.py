@@ -49,7 +49,8 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import ConfigError
-from .model import RETURN_TYPES, InputError, sinusoidal_table
+from .inputs import InputError, validate_tokens
+from .model import RETURN_TYPES, sinusoidal_table
 from .outputs import atomic_write
 from .reference_ops import causal_conv1d_ref
 
@@ -279,25 +280,8 @@ class HookedTransformerBaseline(HookedRootModule):
         return self.embed.weight.device
 
     def _check_tokens(self, tokens) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor):
-            raise InputError(f"tokens must be a torch.LongTensor [batch, pos], got {type(tokens).__name__}")
-        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise InputError(f"tokens must be an integer tensor [batch, pos], got dtype {tokens.dtype}")
-        if tokens.dim() == 1:
-            tokens = tokens[None]
-        if tokens.dim() != 2 or tokens.shape[1] == 0:
-            raise InputError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
-            raise InputError(
-                f"token ids must lie in [0, {self.cfg.vocab_size}), got range "
-                f"[{int(tokens.min())}, {int(tokens.max())}]"
-            )
-        if self.cfg.pos_embed is not None and tokens.shape[1] > self.cfg.max_len:
-            raise InputError(
-                f"sequence length {tokens.shape[1]} exceeds max_len={self.cfg.max_len} "
-                "of this model's positional encoding"
-            )
-        return tokens.to(self.device).long()
+        cfg = self.cfg
+        return validate_tokens(tokens, cfg.vocab_size, self.device, cfg.max_len if cfg.pos_embed is not None else None)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens ``[b, p]`` -> residual stream ``[b, p, d_model]`` (token + positional)."""
