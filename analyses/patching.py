@@ -10,9 +10,9 @@ is replaced by its value in the *source* run and the metric is re-measured:
 Batching: the base batch ``[n, L]`` is replicated K times along the batch dimension
 (``[K*n, L]``, replica-major) and replica k is patched at its own (layer, pos) by one hook per
 layer, so one forward pass evaluates K cells. ``hook_ssm_state`` (``component="ssm_state"``)
-is patched at one position per forward pass (the model re-runs the recurrence from the edited
-position for the whole batch), so state cells are grouped by position: K = the number of layers.
-Patching a state at position p replaces h_p and lets the edit propagate to every later state.
+cells are batched the same way: the model emits the states at the group's positions, each
+replica replaces h_p at its own position, and the model re-runs the recurrence from there per
+batch row, so the edit propagates to every later state of that replica only.
 """
 
 from __future__ import annotations
@@ -163,15 +163,11 @@ def activation_patching(
             cells = live
         if not cells:
             continue
-        if c == "ssm_state":
-            by_pos = defaultdict(list)
-            for layer, p in cells:
-                by_pos[p].append((layer, p))
-            for p, group in by_pos.items():
-                passes.append((ci, c, group, {"ssm_state_positions": [p]}))
-        else:
-            for s in range(0, len(cells), cells_per_pass):
-                passes.append((ci, c, cells[s : s + cells_per_pass], {}))
+        for s in range(0, len(cells), cells_per_pass):
+            group = cells[s : s + cells_per_pass]
+            # state cells: the model emits the states at the group's positions only
+            kwargs = {"ssm_state_positions": sorted({p for _, p in group})} if c == "ssm_state" else {}
+            passes.append((ci, c, group, kwargs))
 
     iterator = passes
     if progress:
@@ -188,12 +184,10 @@ def activation_patching(
         for layer, items in by_layer.items():
             nm = names[(c, layer)]
             s = src[nm]
-            if c == "ssm_state":  # the hook sees [K*n, 1, ...]: the state at the one position
-                p = items[0][1]
-                s = s[:, p : p + 1]
-                rows, pos, src_rows, src_pos = _replica_index(
-                    n, [k for k, _ in items], [0] * len(items), device
-                )
+            if c == "ssm_state":  # the hook sees [K*n, P, ...]: states at the group's P positions
+                kept = kwargs["ssm_state_positions"]
+                rows, _, src_rows, src_pos = _replica_index(n, [k for k, _ in items], [p for _, p in items], device)
+                pos = torch.cat([torch.full((n,), kept.index(p), device=device) for _, p in items])
             else:
                 rows, pos, src_rows, src_pos = _replica_index(
                     n, [k for k, _ in items], [p for _, p in items], device
