@@ -112,25 +112,7 @@ def build_config(
     return MambaConfig(**kw)
 
 
-def build_model(
-    name: str,
-    vocab_size: int,
-    max_len: int,
-    n_layers: int = 2,
-    d_model: int = 128,
-    mixer: str = "mamba2",
-    d_state: int = 128,
-    d_conv: int = 4,
-    expand: int = 2,
-    headdim: int = 64,
-    init_gamma: Optional[float] = 0.5,
-    pos_embed: str = "learned",
-    n_heads: int = 1,
-    d_mlp: Union[int, str, None] = "auto",
-    transformer_pos_embed: Optional[str] = "learned",
-    backend: str = "auto",
-    **overrides: Any,
-) -> Model:
+def build_model(name: str, vocab_size: int, max_len: int, backend: str = "auto", **config: Any) -> Model:
     """Build a freshly initialised model of variant ``name`` (:data:`VARIANTS`).
 
     Args:
@@ -145,27 +127,10 @@ def build_model(
             or ``"sinusoidal"``).
         n_heads, d_mlp, transformer_pos_embed: Transformer-only sizes.
         backend: HookedMamba backend (``"auto"`` uses CUDA kernels when on a GPU).
-        overrides: extra config fields (e.g. ``dt_rank``).
+        config: the keyword arguments of :func:`build_config` (the sizes above, plus extra config
+            fields such as ``dt_rank``).
     """
-    cfg = build_config(
-        name,
-        vocab_size,
-        max_len,
-        n_layers=n_layers,
-        d_model=d_model,
-        mixer=mixer,
-        d_state=d_state,
-        d_conv=d_conv,
-        expand=expand,
-        headdim=headdim,
-        init_gamma=init_gamma,
-        pos_embed=pos_embed,
-        n_heads=n_heads,
-        d_mlp=d_mlp,
-        transformer_pos_embed=transformer_pos_embed,
-        **overrides,
-    )
-    return model_from_config(cfg, backend=backend)
+    return model_from_config(build_config(name, vocab_size, max_len, **config), backend=backend)
 
 
 def model_from_config(cfg: Union[MambaConfig, TransformerConfig], backend: str = "auto") -> Model:
