@@ -181,7 +181,7 @@ def _pad_vocab(state: dict[str, torch.Tensor], rows: int) -> None:
 def check_state(model, state: dict[str, torch.Tensor], source: str) -> None:
     """Raise CheckpointError listing missing / unexpected keys and shape mismatches."""
     expected = model.state_dict()
-    optional = {"lm_head.weight"} if model.cfg.tie_embeddings else set()
+    optional = {"lm_head.weight"} if getattr(model.cfg, "tie_embeddings", False) else set()
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -238,7 +238,8 @@ def load_pretrained(path, backend: str = "auto", device=None, dtype: Optional[to
 
 
 def save_pretrained(model, path) -> None:
-    """Write ``config.json`` + ``model.safetensors`` (the tied lm_head is not duplicated)."""
+    """Write ``config.json`` (``model.cfg.to_json()``) + ``model.safetensors`` for any of our models
+    (a tied lm_head is not duplicated)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -246,7 +247,7 @@ def save_pretrained(model, path) -> None:
         raise CheckpointError(f"cannot save into {path}: it is a file, not a directory")
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.cfg.tie_embeddings:
+    if getattr(model.cfg, "tie_embeddings", False):
         state.pop("lm_head.weight", None)
     atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
     atomic_write(path / "config.json", lambda f: Path(f).write_text(model.cfg.to_json()))

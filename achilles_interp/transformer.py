@@ -51,7 +51,6 @@ from transformer_lens.hook_points import HookPoint
 from .config import ConfigError
 from .inputs import InputError, validate_tokens
 from .model import RETURN_TYPES, sinusoidal_table
-from .outputs import atomic_write
 from .reference_ops import causal_conv1d_ref
 
 FORMAT = "achilles-interp-transformer"
@@ -332,17 +331,9 @@ class HookedTransformerBaseline(HookedRootModule):
     # ---- (de)serialisation ---------------------------------------------------------------
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` (``"format": "achilles-interp-transformer"``) + ``model.safetensors``."""
-        from safetensors.torch import save_file
+        from .loading import save_pretrained
 
-        from .loading import CheckpointError
-
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise CheckpointError(f"cannot save into {path}: it is a file, not a directory")
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
-        atomic_write(path / "config.json", lambda f: Path(f).write_text(self.cfg.to_json()))
+        save_pretrained(self, path)
 
     @classmethod
     def from_pretrained(
@@ -351,7 +342,7 @@ class HookedTransformerBaseline(HookedRootModule):
         """Load a directory written by :meth:`save_pretrained` (strict: every key and shape must fit)."""
         from safetensors.torch import load_file
 
-        from .loading import CheckpointError
+        from .loading import CheckpointError, check_state
 
         path = Path(path)
         cfg_file, weights = path / "config.json", path / "model.safetensors"
@@ -374,14 +365,7 @@ class HookedTransformerBaseline(HookedRootModule):
             raise CheckpointError(f"cannot build a Transformer from {cfg_file}: {e}") from None
         model = cls(cfg)
         state = load_file(str(weights))
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        bad = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
-        if missing or unexpected or bad:
-            raise CheckpointError(
-                f"weights in {path} do not fit the config: missing {missing[:6]}, "
-                f"unexpected {unexpected[:6]}, shape mismatches {sorted(bad)[:6]}"
-            )
+        check_state(model, state, str(path))
         model.load_state_dict(state, strict=True)
         if dtype is not None:
             model = model.to(dtype)
