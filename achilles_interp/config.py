@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 MIXERS = ("mamba1", "mamba2")
 CONV_MODES = ("standard", "none", "bypass")
@@ -28,8 +28,35 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ConfigError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
 
 
+class SerialisableConfig:
+    """Dict / JSON round trip shared by the model configs (dataclasses). ``FORMAT`` tags the
+    ``config.json`` so loaders can tell the families apart."""
+
+    FORMAT: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["format"] = self.FORMAT
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = {k: v for k, v in d.items() if k != "format"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} fields {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
-class MambaConfig:
+class MambaConfig(SerialisableConfig):
     """Architecture of a (Hooked)Mamba language model.
 
     Core sizes:
@@ -91,6 +118,7 @@ class MambaConfig:
     chunk_size: int = 256
     residual_in_fp32: bool = True
     extra: dict = field(default_factory=dict)
+    FORMAT: ClassVar[str] = "achilles-interp"
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "vocab_size", "d_state", "d_conv", "expand", "headdim",
@@ -150,23 +178,7 @@ class MambaConfig:
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = super().to_dict()
         d["dt_limit"] = list(self.dt_limit)
-        d["format"] = "achilles-interp"
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MambaConfig":
-        d = {k: v for k, v in d.items() if k != "format"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown MambaConfig fields {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def replace(self, **changes: Any) -> "MambaConfig":
-        return dataclasses.replace(self, **changes)
 

@@ -35,12 +35,11 @@ same local token-fusion inductive bias as Mamba's conv.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import ClassVar, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .config import ConfigError
+from .config import ConfigError, SerialisableConfig
 from .inputs import InputError, validate_tokens
 from .model import RETURN_TYPES, sinusoidal_table
 from .reference_ops import causal_conv1d_ref
@@ -58,7 +57,7 @@ TF_POS_EMBEDS = ("learned", "sinusoidal", None)
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(SerialisableConfig):
     """Architecture of :class:`HookedTransformerBaseline`.
 
     Args:
@@ -90,6 +89,8 @@ class TransformerConfig:
     d_head: Optional[int] = None
     ln_eps: float = 1e-5
     extra: dict = field(default_factory=dict)
+
+    FORMAT: ClassVar[str] = FORMAT
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "vocab_size", "max_len"):
@@ -127,26 +128,6 @@ class TransformerConfig:
             raise ConfigError(
                 f"TransformerConfig.init_gamma must be None or a positive number, got {self.init_gamma!r}"
             )
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["format"] = FORMAT
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TransformerConfig":
-        d = {k: v for k, v in d.items() if k != "format"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown TransformerConfig fields {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def replace(self, **changes: Any) -> "TransformerConfig":
-        return dataclasses.replace(self, **changes)
 
 
 class CausalDepthwiseConv(nn.Module):
