@@ -283,3 +283,47 @@ def test_shipped_checkpoints_match_their_provenance():
         batch = task.generate(run["n_eval"], seed=prov["seed"], split="test")
         got = evaluate(model, batch, torch.device("cpu"))["accuracy"]
         assert got == pytest.approx(prov["final_accuracy"]["test"], abs=1e-6), name
+
+
+# 6 full batches per epoch (3 eager warm-up steps, the capture, replays) and a smaller last batch
+# (eager, on the graph's gradient buffers), for 2 epochs.
+GRAPHED = TINY.replace(name="graphed", epochs=2, batch_size=32, n_train=6 * 32 + 20, warmup_epochs=0.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "name,mixer", [("mamba", "mamba2"), ("mamba", "mamba1"), ("mamba-bypass-pe", "mamba2"), ("transformer", "mamba2")]
+)
+def test_cuda_graph_training_equals_eager_training(tmp_path, name, mixer):
+    runs = {
+        graph: train(
+            "inverse-matching", name, tmp_path / str(graph), preset=GRAPHED, seed=1, device="cuda",
+            mixer=mixer, progress=False, cuda_graph=graph,
+        )
+        for graph in (False, True)
+    }
+    assert runs[False]["provenance"]["train_step"] == "eager"
+    assert runs[True]["provenance"]["train_step"] == "cuda-graph"  # no fallback to eager
+    eager = load_file(str(tmp_path / "False" / "model.safetensors"))
+    graphed = load_file(str(tmp_path / "True" / "model.safetensors"))
+    initial = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **GRAPHED.model_kwargs(name)).state_dict()
+    moved = 0
+    for k in eager:
+        torch.testing.assert_close(graphed[k], eager[k], rtol=1e-3, atol=1e-4)
+        moved += not torch.equal(eager[k].cpu(), initial[k].cpu()) if k in initial else 0
+    assert moved > 0  # the runs trained (so equal weights are not two untouched initialisations)
+    for h_e, h_g in zip(runs[False]["history"], runs[True]["history"]):
+        assert h_g["train_loss"] == pytest.approx(h_e["train_loss"], rel=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_run_resumes_to_the_uninterrupted_run(tmp_path):
+    kw = dict(preset=GRAPHED, seed=2, device="cuda", progress=False)
+    train("forward-matching", "mamba", tmp_path / "full", **kw)
+    train("forward-matching", "mamba", tmp_path / "part", stop_after_epochs=1, **kw)
+    done = train("forward-matching", "mamba", tmp_path / "part", resume=True, **kw)
+    assert done["provenance"]["train_step"] == "cuda-graph"
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)

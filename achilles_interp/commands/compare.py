@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=command,
         threads=args.threads,
+        cuda_graph=False if args.no_cuda_graph else None,
     )
     from ..training.compare import markdown_table
 

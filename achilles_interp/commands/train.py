@@ -44,6 +44,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-cuda-graph",
+        action="store_true",
+        help="on a GPU, launch every training step eagerly instead of replaying it as a CUDA graph",
+    )
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
@@ -148,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         model_overrides=overrides,
         progress=not args.no_progress,
         threads=args.threads,
+        cuda_graph=False if args.no_cuda_graph else None,
         command=command_line(args, "train"),
     )
     final = metrics["final"]

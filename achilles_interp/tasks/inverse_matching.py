@@ -61,6 +61,7 @@ SEP = 201
 FILLER_LO, FILLER_HI = 210, 255  # inclusive
 VOCAB_SIZE = 256
 N_KEYS = 5
+FILLERS = ("special", "numbers")
 SPLIT_FRACTIONS = {"train": 0.8, "test": 0.1, "ood": 0.1}
 
 PERMS = np.array(list(itertools.permutations(range(3))), dtype=np.int64)  # [6, 3]
@@ -102,6 +103,9 @@ class InverseMatchingTask(Task):
         n_layers: number of Mamba layers the task is built for; ``3 * n_layers`` fillers.
         reverse: True -> ``"inverse-matching"`` (query = reversed key); False ->
             ``"forward-matching"`` (query = key).
+        filler: ``"special"`` (default): fillers from the reserved ids 210..255; ``"numbers"``:
+            fillers are numbers of the split's range (20..100, or 101..200 for OOD) other than the
+            row's three - indistinguishable from keys by their ids.
 
     ``generate(n, seed, split)`` returns ``tokens [n, 23 + 3 * n_layers]``, ``labels [n]`` in
     1..5, ``answer_pos = L - 1`` and ``meta``: ``numbers [n, 3]``, ``keys [n, 5, 3]``,
@@ -111,9 +115,12 @@ class InverseMatchingTask(Task):
 
     splits = ("train", "test", "ood")
 
-    def __init__(self, n_layers: int = 2, reverse: bool = True):
+    def __init__(self, n_layers: int = 2, reverse: bool = True, filler: str = "special"):
         self.n_layers = _positive_int("n_layers", n_layers)
         self.reverse = bool(reverse)
+        if filler not in FILLERS:
+            raise ValueError(f"filler must be one of {FILLERS}, got {filler!r}")
+        self.filler = filler
         self.name = "inverse-matching" if self.reverse else "forward-matching"
         self.n_filler = 3 * self.n_layers
         self.seq_len = N_KEYS * 4 + self.n_filler + 3
@@ -129,7 +136,7 @@ class InverseMatchingTask(Task):
         }
 
     def __repr__(self) -> str:
-        return f"InverseMatchingTask(n_layers={self.n_layers}, reverse={self.reverse})"
+        return f"InverseMatchingTask(n_layers={self.n_layers}, reverse={self.reverse}, filler={self.filler!r})"
 
     # ------------------------------------------------------------------ core
     def _query_perm(self, key_perm: np.ndarray, label_idx: np.ndarray) -> np.ndarray:
@@ -140,7 +147,15 @@ class InverseMatchingTask(Task):
         nums = sample_numbers(rng, n, split)  # [n, 3]
         key_perm = np.argsort(rng.random((n, 6)), axis=1)[:, :N_KEYS]  # [n, 5]
         label_idx = rng.integers(0, N_KEYS, n)
-        fillers = rng.integers(FILLER_LO, FILLER_HI + 1, (n, self.n_filler))
+        if self.filler == "special":
+            fillers = rng.integers(FILLER_LO, FILLER_HI + 1, (n, self.n_filler))
+        else:  # numbers of the split's range that are not one of the row's three
+            lo, hi = (OOD_LO, OOD_HI) if split == "ood" else (NUM_LO, NUM_HI)
+            fillers = rng.integers(lo, hi + 1, (n, self.n_filler))
+            clash = (fillers[:, :, None] == nums[:, None, :]).any(-1)
+            while clash.any():
+                fillers[clash] = rng.integers(lo, hi + 1, int(clash.sum()))
+                clash = (fillers[:, :, None] == nums[:, None, :]).any(-1)
         return nums, key_perm, label_idx, fillers
 
     def _build(self, nums, key_perm, label_idx, fillers) -> TaskBatch:

@@ -171,6 +171,7 @@ def compare(
     n_eval: Optional[int] = None,
     threads: Optional[int] = None,
     finished_only: bool = False,
+    cuda_graph: Optional[bool] = None,
 ) -> dict:
     """Train every (variant, mixer) x seed on ``task``; write results.json / results.md / accuracy.png.
 
@@ -211,6 +212,7 @@ def compare(
                 progress=progress,
                 command=command,
                 threads=threads,
+                cuda_graph=cuda_graph,
             )
         )
     summary = summarize(runs)

@@ -1,0 +1,68 @@
+"""Training-step time: CUDA-graph replay vs eager launches, at the paper's model size (GPU only).
+
+    python benchmarks/train_step.py [--steps 200] [--models mamba:mamba2 mamba:mamba1 ...]
+
+For each model, builds the ``paper`` preset's model and optimiser, trains ``--steps`` steps on
+inverse-matching batches of the preset's size (1024) with :class:`TrainStep` eagerly and then
+graphed (fresh model each time, same seed), and prints milliseconds per step and the ratio
+eager / graphed, plus the loss after the last step of each mode (they train the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from achilles_interp.tasks import get_task
+from achilles_interp.training.graphed_step import TrainStep, make_optimizer
+from achilles_interp.training.presets import PRESETS
+from achilles_interp.training.trainer import param_groups
+from achilles_interp.zoo import build_model
+
+
+def time_steps(name: str, mixer: str, graph: bool, steps: int, batches) -> tuple[float, float, str]:
+    preset = PRESETS["paper"]
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **preset.model_kwargs(name)).to(dev)
+    opt = make_optimizer(param_groups(model, preset.weight_decay), preset.lr_max, preset.betas, preset.eps, dev)
+    step = TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=graph)
+    for i in range(8):  # warm-up (autotuning, capture)
+        step(batches[i % len(batches)])
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(batches[i % len(batches)])
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e3, float(loss), "cuda-graph" if step.graphed else "eager"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument(
+        "--models", nargs="+", default=["mamba:mamba2", "mamba:mamba1", "mamba-bypass-pe:mamba2", "transformer:-"]
+    )
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
+    task = get_task("inverse-matching", n_layers=PRESETS["paper"].model["n_layers"])
+    data = task.generate(8 * 1024, seed=0, split="train").to("cuda")
+    batches = [data[i * 1024 : (i + 1) * 1024] for i in range(8)]
+    print(f"GPU: {torch.cuda.get_device_name()}; batch 1024 x {task.seq_len} tokens; {args.steps} timed steps")
+    print("| model | eager ms/step | graphed ms/step | eager / graphed | final loss eager / graphed |")
+    print("|---|---|---|---|---|")
+    for spec in args.models:
+        name, mixer = spec.split(":")
+        mixer = "mamba2" if mixer == "-" else mixer
+        te, le, _ = time_steps(name, mixer, False, args.steps, batches)
+        tg, lg, mode = time_steps(name, mixer, True, args.steps, batches)
+        label = name if name.startswith("transformer") else f"{name} ({mixer})"
+        note = "" if mode == "cuda-graph" else " (capture failed: eager)"
+        print(f"| {label} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
