@@ -26,7 +26,7 @@ def time_steps(name: str, mixer: str, graph: bool, steps: int, batches) -> tuple
     preset = PRESETS["paper"]
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **preset.model_kwargs(name)).to(dev)
+    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **preset.model_kwargs(name, mixer)).to(dev)
     opt = make_optimizer(param_groups(model, preset.weight_decay), preset.lr_max, preset.betas, preset.eps, dev)
     step = TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=graph)
     for i in range(8):  # warm-up (autotuning, capture)

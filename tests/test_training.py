@@ -306,7 +306,8 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, name, mixer):
     assert runs[True]["provenance"]["train_step"] == "cuda-graph"  # no fallback to eager
     eager = load_file(str(tmp_path / "False" / "model.safetensors"))
     graphed = load_file(str(tmp_path / "True" / "model.safetensors"))
-    initial = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **GRAPHED.model_kwargs(name)).state_dict()
+    kw = GRAPHED.model_kwargs(name, mixer)
+    initial = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **kw).state_dict()
     moved = 0
     for k in eager:
         torch.testing.assert_close(graphed[k], eager[k], rtol=1e-3, atol=1e-4)

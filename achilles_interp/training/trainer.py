@@ -233,7 +233,7 @@ def train(
     if n_epochs <= 0:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     warmup = p.warmup_epochs * n_epochs / p.epochs
-    mkw = p.model_kwargs(model_name)
+    mkw = p.model_kwargs(model_name, mixer)
     mkw.update(model_overrides or {})
     task_obj = resolve_task(task, mkw.get("n_layers", 2))
     bs = int(batch_size or p.batch_size_for(task_obj.name))
@@ -385,7 +385,7 @@ def train(
                 {
                     "epoch": done,
                     "step": done * steps_per_epoch,
-                    "lr": sched.get_last_lr()[0],
+                    "lr": float(sched.get_last_lr()[0]),
                     "train_loss": (loss_sum / max(n_seen, 1)).item(),
                     "accuracy": {s: r["accuracy"] for s, r in results.items()},
                     "loss": {s: r["loss"] for s, r in results.items()},
