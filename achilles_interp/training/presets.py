@@ -16,10 +16,11 @@ Our choices where the paper is silent or gives a range (all overridable):
 * Dataset size: 80 000 training examples with 10 000 held-out test and OOD examples each -
   the 80/10/10 proportions of the paper's split (each split is generated separately, see
   :mod:`achilles_interp.tasks.inverse_matching`).
-* Mamba-2 ``headdim`` 64 (4 heads at d_model 128), and kernel ``chunk_size`` 32 instead of
-  mamba_ssm's 256: the same arithmetic (the chunk length only regroups the scan), but the
-  sequences here are 29 tokens long and the SSD kernels pad every chunk to its full length, so
-  256 spent most of a training step on padding (11.8 ms per step on an H100 with CUDA graphs).
+* Mamba-2 ``headdim`` 64 (4 heads at d_model 128) and mamba_ssm's kernel ``chunk_size`` 256.
+  Measured on an H100 (``benchmarks/train_step.py``, batch 1024 x 29 tokens): 11.8 ms per
+  training step with CUDA graphs (17.0 ms eager), so a 200-epoch run takes about 3 minutes. A
+  shorter chunk (the sequences are 29 tokens long) would skip padded tiles, with the same
+  arithmetic, but the SSD kernels have not been run here at other chunk sizes, so it is not set.
 * Mamba-1 ``d_state`` 16 (the Mamba-1 default, and that of every public Mamba-1 checkpoint)
   instead of the paper's 128 (a Mamba-2 size): ``selective_scan_cuda`` at d_state 128 took
   84 ms per training step on an H100 (batch 1024), 22 minutes per 200-epoch run.
@@ -133,7 +134,6 @@ PRESETS: dict[str, Preset] = {
         ),
         transformer=dict(n_heads=1, d_mlp="auto"),
         mamba1=dict(d_state=16),
-        mamba2=dict(chunk_size=32),
     ),
     "quick": Preset(
         name="quick",
