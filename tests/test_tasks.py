@@ -187,6 +187,28 @@ def test_matching_token_families_disjoint():
         assert torch.isin(toks[:, 20:26], torch.tensor(sorted(fillers))).all()
 
 
+@pytest.mark.parametrize("split,lo,hi", [("train", 20, 100), ("test", 20, 100), ("ood", 101, 200)])
+def test_matching_number_fillers(split, lo, hi):
+    """filler="numbers": fillers are numbers of the split's range outside the row's three; the rest
+    of every row (keys, separators, query, label) is the one the special-filler task draws."""
+    n_layers = 3
+    special = InverseMatchingTask(n_layers=n_layers).generate(400, seed=5, split=split)
+    numbers = InverseMatchingTask(n_layers=n_layers, filler="numbers").generate(400, seed=5, split=split)
+    fill = slice(20, 20 + 3 * n_layers)
+    rest = torch.ones(special.tokens.shape[1], dtype=torch.bool)
+    rest[fill] = False
+    assert torch.equal(numbers.tokens[:, rest], special.tokens[:, rest])
+    assert torch.equal(numbers.labels, special.labels)
+    f = numbers.tokens[:, fill]
+    assert ((f >= lo) & (f <= hi)).all()
+    assert not (f[:, :, None] == numbers.meta["numbers"][:, None, :]).any()
+    assert len(torch.unique(f)) > 0.8 * (hi - lo + 1 - 3)  # spread over the range, not a few values
+    again = InverseMatchingTask(n_layers=n_layers, filler="numbers").generate(400, seed=5, split=split)
+    assert torch.equal(again.tokens, numbers.tokens)
+    with pytest.raises(ValueError, match="filler must be one of"):
+        InverseMatchingTask(filler="letters")
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

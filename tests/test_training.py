@@ -265,6 +265,41 @@ def test_compare_and_reproduce_tiny(tmp_path):
     assert "| mamba-bypass-pe-mamba2 | 1 |" in text and "held-out '43'" in text
 
 
+def test_reproduce_grid_is_seed_major_with_one_transformer_per_task():
+    from achilles_interp.training.reproduce import grid_runs
+
+    runs = grid_runs(["inverse-matching", "composite"], ["mamba2", "mamba1"], [0, 1], models=["transformer", "mamba"])
+    assert runs[:3] == [
+        ("inverse-matching", "transformer", None, 0),
+        ("inverse-matching", "mamba", "mamba2", 0),
+        ("inverse-matching", "mamba", "mamba1", 0),
+    ]
+    assert [r[3] for r in runs] == [0] * 5 + [1] * 5  # composite has no transformer variant
+    assert ("composite", "mamba", "mamba1", 1) in runs
+
+
+def test_reproduce_parallel_runs_with_overrides(tmp_path):
+    """--jobs trains one child process per run; --init-gamma / --filler reach every run."""
+    from achilles_interp.training.reproduce import main as reproduce
+
+    md = tmp_path / "repro.md"
+    argv = ["--out", str(md), "--runs-dir", str(tmp_path / "runs"), "--preset", "quick", "--seeds", "0",
+            "--mixers", "mamba2", "--tasks", "inverse-matching", "--models", "transformer", "mamba-noconv",
+            "--init-gamma", "0.75", "--filler", "numbers", "--jobs", "2", "--epochs", "1", "--n-train", "32",
+            "--n-eval", "16", "--d-model", "16", "--threads", "1", "--device", "cpu", "--no-progress"]
+    assert reproduce(argv) == 0
+    runs = tmp_path / "runs" / "inverse-matching"
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["mamba-noconv-mamba2", "transformer"]
+    for label in ("mamba-noconv-mamba2", "transformer"):
+        metrics = json.loads((runs / label / "seed0" / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["run"]["model_config"]["init_gamma"] == 0.75
+    res = json.loads((runs / "results.json").read_text())
+    assert res["task"] == "inverse-matching" and "filler='numbers'" in res["task_repr"]
+    text = md.read_text()
+    assert "overrides: d_model = 16, init_gamma = 0.75, matching-task fillers = numbers" in text
+    assert "| mamba-noconv-mamba2 | 1 |" in text
+
+
 def test_shipped_checkpoints_match_their_provenance():
     """Each shipped checkpoint loads, is small, and re-evaluates to the test accuracy it records."""
     from achilles_interp.training.trainer import evaluate, resolve_task

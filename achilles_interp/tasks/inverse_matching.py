@@ -24,6 +24,11 @@ Our choices where the paper is silent
   label tokens are ids 1..5 (never used as inputs, so no collision with numbers >= 20);
   ``SEP = 201``; fillers are drawn i.i.d. uniformly from ``210..255`` - disjoint from every
   number, the separator and the label ids.  Ids 0, 6..19 and 202..209 are never emitted.
+* Filler vocabulary: the paper's "random filler tokens not in the set" admits two readings.
+  ``filler="special"`` (the default) draws them from the reserved ids above;
+  ``filler="numbers"`` draws numbers of the split's range (20..100, or 101..200 for OOD) other
+  than the row's three, so fillers look like keys. Everything else in a row is drawn first, so
+  for one seed the two readings give the same keys, query and label.
 * Which five permutations, and their order: a uniformly random ordering of the six
   permutations, the first five listed (so the omitted one is uniform).
 * The label is uniform over 1..5 and the query is ``reverse(key[label])``.  Since the six

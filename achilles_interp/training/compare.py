@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..outputs import save_figure, write_json, write_text
+from ..tasks import Task
 from .presets import Preset
 from .trainer import METRICS_FILE, STATE_FILE, resolve_task, train
 
@@ -155,7 +156,7 @@ def chance_level(task) -> Optional[float]:
 
 
 def compare(
-    task: str,
+    task: Union[str, Task],
     models: Sequence[str],
     mixers: Sequence[str],
     seeds: Sequence[int],
@@ -221,7 +222,8 @@ def compare(
         task, (model_overrides or {}).get("n_layers", runs[0]["run"]["model_config"]["n_layers"])
     )
     doc = {
-        "task": task,
+        "task": task_obj.name,
+        "task_repr": repr(task_obj),
         "preset": runs[0]["run"]["preset"],
         "command": command,
         "runs": [
@@ -242,7 +244,7 @@ def compare(
     }
     write_json(out_dir / "results.json", doc)
     md = [
-        f"# {task}: accuracy by variant",
+        f"# {task_obj.name}: accuracy by variant",
         "",
         f"Preset `{doc['preset']}`, seeds {list(seeds)}; mean ± population std over seeds (min–max).",
         "",
@@ -255,7 +257,7 @@ def compare(
         summary,
         splits,
         out_dir / "accuracy.png",
-        f"{task} (preset {doc['preset']}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''})",
+        f"{task_obj.name} (preset {doc['preset']}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''})",
         chance_level(task_obj),
     )
     return doc

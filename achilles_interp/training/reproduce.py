@@ -29,7 +29,9 @@ from typing import Optional, Sequence
 import torch
 
 from ..outputs import write_text
-from .compare import compare, fmt, markdown_table
+from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
+from .compare import compare, fmt, grid, markdown_table
+from .presets import get_preset
 
 MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
 COMPOSITE_MODELS = ["mamba", "mamba-ones", "mamba-pe"]
@@ -176,9 +178,11 @@ def _trained_on(results: dict) -> str:
 
 
 def render(
-    results: dict, mixers: Sequence[str], seeds: Sequence[int], preset: str, command: str, elapsed_s: float
+    results: dict, mixers: Sequence[str], seeds: Sequence[int], preset: str, command: str, elapsed_s: float,
+    settings: Sequence[str] = (),
 ) -> str:
-    """The reproduction report (markdown) from the grid's results."""
+    """The reproduction report (markdown) from the grid's results; ``settings`` lists the
+    overrides of the preset the runs were trained with."""
     checks = claim_checks(results, mixers)
     lines = [
         '# Reproduction of arXiv 2509.17514 ("Achilles\' heel of Mamba")',
@@ -187,7 +191,8 @@ def render(
         "below is computed, nothing is typed in by hand.",
         "",
         f"* Command: `{command}`",
-        f"* Preset: `{preset}`; seeds: {list(seeds)}; mixers: {list(mixers)}",
+        f"* Preset: `{preset}`; seeds: {list(seeds)}; mixers: {list(mixers)}"
+        + (f"; overrides: {', '.join(settings)}" if settings else ""),
         f"* Runs trained on: {_trained_on(results)}",
         f"* Report rendered on: {hardware()}",
         f"* Wall time of this invocation: {elapsed_s / 60:.1f} min (runs reused from an earlier "
@@ -261,32 +266,51 @@ def render(
     return "\n".join(lines)
 
 
-def _train_in_parallel(args, argv, preset: str, device: str) -> None:
-    """Run one child process per (task, seed), all writing into the shared runs dir (their run
-    directories are disjoint), with a shared deadline."""
+def grid_runs(tasks: Sequence[str], mixers: Sequence[str], seeds: Sequence[int],
+              models: Optional[Sequence[str]] = None) -> list[tuple[str, str, Optional[str], int]]:
+    """Every run of the grid as ``(task, model, mixer, seed)``, seed-major (seed 0 of every cell
+    first, so an interrupted grid has whole seeds), Transformer variants once (mixer None)."""
+    out = []
+    for seed in seeds:
+        for task in tasks:
+            for model, mixer in grid(models_for(task, models), mixers):
+                out.append((task, model, mixer, seed))
+    return out
+
+
+def models_for(task: str, models: Optional[Sequence[str]] = None) -> list[str]:
+    """The grid's variants for ``task``, restricted to ``models`` when given."""
+    default = COMPOSITE_MODELS if task.startswith("composite") else MATCHING_MODELS
+    return [m for m in default if models is None or m in models]
+
+
+def _train_in_parallel(args, preset: str, device: str) -> None:
+    """Run one child process per run of the grid, at most ``args.jobs`` at a time, all writing
+    into the shared runs dir (their run directories are disjoint), with a shared deadline. A run
+    stopped by the deadline keeps its last checkpoint (every ``eval_every`` epochs) and the next
+    invocation resumes it."""
     import subprocess
 
     forwarded = []
-    for flag in ("epochs", "n_train", "n_eval", "d_model", "threads"):
+    for flag in ("epochs", "n_train", "n_eval", "d_model", "threads", "init_gamma", "filler"):
         value = getattr(args, flag)
         if value is not None:
             forwarded += [f"--{flag.replace('_', '-')}", str(value)]
-    groups = [(task, seed) for task in args.tasks for seed in args.seeds]
-    pending = list(groups)
+    pending = grid_runs(args.tasks, args.mixers, args.seeds, args.models)
     running: list = []
     deadline = None if args.time_limit is None else time.time() + args.time_limit
     while pending or running:
         while pending and len(running) < args.jobs:
-            task, seed = pending.pop(0)
+            task, model, mixer, seed = pending.pop(0)
             cmd = [sys.executable, "-m", "achilles_interp.training.reproduce", "--tasks", task, "--seeds", str(seed),
-                   "--mixers", *args.mixers, "--preset", preset, "--device", device, "--runs-dir", args.runs_dir,
-                   "--no-report", "--no-progress", *forwarded]
+                   "--mixers", mixer or args.mixers[0], "--models", model, "--preset", preset, "--device", device,
+                   "--runs-dir", args.runs_dir, "--no-report", "--no-progress", *forwarded]
             running.append(subprocess.Popen(cmd))
         running = [p for p in running if p.poll() is None]
         if deadline is not None and time.time() > deadline:
             for p in running:
                 p.terminate()
-            print(f"time limit reached: {len(running)} group(s) stopped, {len(pending)} not started", file=sys.stderr)
+            print(f"time limit reached: {len(running)} run(s) stopped, {len(pending)} not started", file=sys.stderr)
             return
         time.sleep(2)
 
@@ -318,6 +342,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--n-eval", type=int, default=None, help="override the preset's evaluation-set size")
     ap.add_argument("--d-model", type=int, default=None, help="override the preset's model width")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--models", nargs="+", default=None, choices=sorted(set(MATCHING_MODELS + COMPOSITE_MODELS)),
+                    help="restrict the grid to these variants (default: all of each task's)")
+    ap.add_argument("--init-gamma", type=float, default=None,
+                    help="override the preset's init_gamma (weights ~ N(0, fan_in^(-2 gamma))) in every model")
+    ap.add_argument("--filler", default=None, choices=list(FILLERS),
+                    help="inverse/forward matching fillers: reserved ids (special, the default) or numbers "
+                         "outside the row's three")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--jobs", type=int, default=1,
                     help="train the (task, seed) groups in this many parallel processes (one GPU can host "
@@ -329,7 +360,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="train nothing: tabulate the finished runs under --runs-dir")
     ap.add_argument("--no-report", action="store_true", help="train only; write no markdown report")
     args = ap.parse_args(argv)
-    from .presets import get_preset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(args.preset, device).name
@@ -339,15 +369,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     runs = Path(args.runs_dir)
     finished_only = args.render_only
+    if args.init_gamma is not None and args.init_gamma <= 0:
+        ap.error(f"--init-gamma must be positive, got {args.init_gamma}")
     if args.jobs > 1 and not args.render_only:
-        _train_in_parallel(args, argv, preset, device)
+        _train_in_parallel(args, preset, device)
         finished_only = True
+    overrides = {k: v for k, v in (("d_model", args.d_model), ("init_gamma", args.init_gamma)) if v is not None}
     results = {}
     for task in args.tasks:
-        models = COMPOSITE_MODELS if task == "composite" else MATCHING_MODELS
+        models = models_for(task, args.models)
+        if not models:
+            continue
+        task_arg = task
+        if args.filler is not None and task in ("inverse-matching", "forward-matching"):
+            n_layers = overrides.get("n_layers", get_preset(preset, device).model.get("n_layers", 2))
+            task_arg = InverseMatchingTask(n_layers=n_layers, reverse=task == "inverse-matching", filler=args.filler)
         try:
             results[task] = compare(
-                task, models, args.mixers, args.seeds, preset, runs / task, device=device,
+                task_arg, models, args.mixers, args.seeds, preset, runs / task, device=device,
                 progress=False, command=command, finished_only=True,
             ) if finished_only else None
         except ValueError as e:  # nothing finished for this task
@@ -356,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if finished_only:
             continue
         results[task] = compare(
-            task,
+            task_arg,
             models,
             args.mixers,
             args.seeds,
@@ -366,14 +405,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             epochs=args.epochs,
             n_train=args.n_train,
             n_eval=args.n_eval,
-            model_overrides={"d_model": args.d_model} if args.d_model else None,
+            model_overrides=overrides or None,
             progress=not args.no_progress,
             command=command,
             threads=args.threads,
         )
     if args.no_report:
         return 0
-    text = render(results, args.mixers, args.seeds, preset, command, time.time() - t0)
+    settings = [f"{k} = {v}" for k, v in overrides.items()]
+    if args.filler is not None:
+        settings.append(f"matching-task fillers = {args.filler}")
+    text = render(results, args.mixers, args.seeds, preset, command, time.time() - t0, settings)
     write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0
