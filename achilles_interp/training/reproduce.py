@@ -140,16 +140,18 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             lambda **v: v["compositional"] > v["symmetric"],
             neither,
         )
-        add(
-            f"An all-ones (symmetric) conv kernel ({mx}) makes Mamba favour the symmetric solution.",
-            f"mamba-ones-{mx}: rate(symmetric) > rate(compositional) on split test",
-            {
-                "compositional": _mean(comp, f"mamba-ones-{mx}", "test", c),
-                "symmetric": _mean(comp, f"mamba-ones-{mx}", "test", s),
-            },
-            lambda **v: v["symmetric"] > v["compositional"],
-            neither,
-        )
+        for variant, change in (("mamba-ones", "An all-ones (symmetric) conv kernel"),
+                                ("mamba-pe", "Adding positional encoding")):
+            add(
+                f"{change} ({mx}) makes Mamba favour the symmetric solution.",
+                f"{variant}-{mx}: rate(symmetric) > rate(compositional) on split test",
+                {
+                    "compositional": _mean(comp, f"{variant}-{mx}", "test", c),
+                    "symmetric": _mean(comp, f"{variant}-{mx}", "test", s),
+                },
+                lambda **v: v["symmetric"] > v["compositional"],
+                neither,
+            )
     return checks
 
 
