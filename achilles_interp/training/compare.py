@@ -230,6 +230,7 @@ def compare(
             {
                 "label": variant_label(r["run"]["model"], r["run"]["mixer"]),
                 "seed": r["run"]["seed"],
+                "epochs": r["run"]["epochs"],
                 "final": r["final"],
                 "elapsed_s": r["provenance"]["elapsed_s"],
                 "device": r["provenance"]["device"],

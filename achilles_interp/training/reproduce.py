@@ -176,7 +176,9 @@ def _trained_on(results: dict) -> str:
     devices = sorted({str(r.get("device")) for res in results.values() for r in res.get("runs", [])})
     times = [r.get("elapsed_s") for res in results.values() for r in res.get("runs", []) if r.get("elapsed_s")]
     span = f"; {len(times)} runs, {min(times):.0f}-{max(times):.0f} s each" if times else ""
-    return (", ".join(devices) or "unknown") + span
+    epochs = sorted({r["epochs"] for res in results.values() for r in res.get("runs", []) if r.get("epochs")})
+    trained = f"; epochs: {', '.join(map(str, epochs))}" if epochs else ""
+    return (", ".join(devices) or "unknown") + span + trained
 
 
 def render(
