@@ -381,3 +381,9 @@ def test_composite_claims_cover_ones_conv_and_pe():
     assert verdicts["Adding positional encoding (mamba2) makes Mamba favour the symmetric solution."] == "disagrees"
     assert verdicts["Standard Mamba (mamba2) favours the compositional solution on the held-out composite pair."] == (
         "not run")
+
+
+def test_cuda_graph_on_cpu_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
+        train("forward-matching", "mamba", tmp_path / "run", preset=TINY, device="cpu", progress=False, cuda_graph=True)
+    assert not (tmp_path / "run").exists()

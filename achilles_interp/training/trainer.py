@@ -224,6 +224,9 @@ def train(
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but no CUDA GPU is visible; use --device cpu")
     dev = torch.device(device)
+    use_graph = dev.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+    if use_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs device='cuda', got device={device!r}")
     p = preset if isinstance(preset, Preset) else get_preset(preset, str(dev))
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -361,9 +364,6 @@ def train(
         unit="epoch",
         leave=False,
     )
-    use_graph = dev.type == "cuda" if cuda_graph is None else bool(cuda_graph)
-    if use_graph and dev.type != "cuda":
-        raise ValueError("cuda_graph=True needs device='cuda'")
     step = TrainStep(model, opt, p.grad_clip, bs, use_graph)
     results = None
     for epoch in range(start_epoch, end_epoch):
