@@ -32,6 +32,23 @@ from .reference_ops import StatePositions, accum_dtype
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
+def check_return_type(return_type) -> None:
+    """Raise :class:`InputError` unless ``return_type`` is one of :data:`RETURN_TYPES`."""
+    if return_type not in RETURN_TYPES:
+        raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+
+
+def model_output(logits: torch.Tensor, tokens: torch.Tensor, return_type: Optional[str]):
+    """What ``forward(tokens, return_type)`` returns given its ``logits [batch, pos, vocab]``:
+    the logits, the mean next-token cross-entropy (nats), both, or None."""
+    if return_type == "logits":
+        return logits
+    if return_type is None:
+        return None
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    return loss if return_type == "loss" else (logits, loss)
+
+
 class Norm(nn.Module):
     """RMSNorm (``rms_norm=True``, the Mamba default) or LayerNorm; ``weight`` [, ``bias``] [d]."""
 
@@ -226,8 +243,7 @@ class HookedMamba(HookedRootModule):
             stop_at_layer: if given, run only blocks ``[0, stop_at_layer)`` and return the
                 residual stream ``[batch, pos, d_model]``.
         """
-        if return_type not in RETURN_TYPES:
-            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        check_return_type(return_type)
         tokens = self._check_tokens(tokens)
         backend = self.resolved_backend()
         resid = self.embed(tokens)
@@ -238,13 +254,7 @@ class HookedMamba(HookedRootModule):
         if stop_at_layer is not None:
             return resid
         final = self.hook_resid_final(self.backbone.norm_f(resid).to(self.lm_head.weight.dtype))
-        logits = self.lm_head(final)[..., : self.cfg.vocab_size]
-        if return_type == "logits":
-            return logits
-        if return_type is None:
-            return None
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
-        return loss if return_type == "loss" else (logits, loss)
+        return model_output(self.lm_head(final)[..., : self.cfg.vocab_size], tokens, return_type)
 
     # ---- TransformerLens conveniences -----------------------------------------------------
     def run_with_cache(self, *model_args, return_cache_object: bool = True, names_filter=None, **kwargs):

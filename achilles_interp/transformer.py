@@ -48,8 +48,8 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import ConfigError, SerialisableConfig
-from .inputs import InputError, validate_tokens
-from .model import RETURN_TYPES, sinusoidal_table
+from .inputs import validate_tokens
+from .model import check_return_type, model_output, sinusoidal_table
 from .reference_ops import causal_conv1d_ref
 
 FORMAT = "achilles-interp-transformer"
@@ -283,8 +283,7 @@ class HookedTransformerBaseline(HookedRootModule):
             stop_at_layer: if given, run blocks ``[0, stop_at_layer)`` and return the residual
                 stream ``[batch, pos, d_model]``.
         """
-        if return_type not in RETURN_TYPES:
-            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        check_return_type(return_type)
         tokens = self._check_tokens(tokens)
         resid = self.embed_tokens(tokens)
         blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
@@ -292,13 +291,7 @@ class HookedTransformerBaseline(HookedRootModule):
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
-        logits = self.unembed(self.hook_resid_final(self.ln_final(resid)))
-        if return_type == "logits":
-            return logits
-        if return_type is None:
-            return None
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
-        return loss if return_type == "loss" else (logits, loss)
+        return model_output(self.unembed(self.hook_resid_final(self.ln_final(resid))), tokens, return_type)
 
     def run_with_cache(self, *model_args, return_cache_object: bool = True, names_filter=None, **kwargs):
         """As ``HookedRootModule.run_with_cache``, returning ``(logits, ActivationCache)``."""
