@@ -57,9 +57,8 @@ def adapt_loaded_optimizer(opt: torch.optim.Optimizer, device: torch.device) -> 
         lr = float(group["lr"])
         group["capturable"] = on_gpu
         group["lr"] = torch.tensor(lr, device=device) if on_gpu else lr
-        for key in ("initial_lr",):
-            if isinstance(group.get(key), torch.Tensor):
-                group[key] = float(group[key])
+        if isinstance(group.get("initial_lr"), torch.Tensor):
+            group["initial_lr"] = float(group["initial_lr"])
         for p in group["params"]:
             st = opt.state.get(p, {})
             if "step" in st and isinstance(st["step"], torch.Tensor):
