@@ -15,3 +15,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules of tiny models opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): as fast as two, and it avoids OpenMP
+    oversubscription on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,12 +12,7 @@ from achilles_interp.analyses.patching import activation_patching
 from achilles_interp.analyses.toy_models import conv_only_data, conv_only_model, ssm_only_data, ssm_only_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Cfg:

@@ -22,12 +22,7 @@ from achilles_interp.config import MambaConfig
 from achilles_interp.model import HookedMamba
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(mixer="mamba1", layers=2, d_conv=3, dtype=torch.float64):

@@ -13,13 +13,7 @@ from achilles_interp.config import MambaConfig
 from achilles_interp.model import HookedMamba
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is far faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL = ["resid_pre", "conv_out", "conv_act", "ssm_state", "ssm_out", "gate", "mixer_out"]

@@ -13,13 +13,7 @@ from achilles_interp.training.trainer import lr_at, param_groups, seed_everythin
 from achilles_interp.zoo import build_model, load_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and avoids OpenMP oversubscription on a busy 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = Preset(

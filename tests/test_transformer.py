@@ -11,13 +11,7 @@ from achilles_interp.transformer import HookedTransformerBaseline, TransformerCo
 from achilles_interp.zoo import VARIANTS, build_model, load_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and avoids OpenMP oversubscription on a busy 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw):
