@@ -7,24 +7,19 @@ sequential scan. The Triton kernel runs in Triton's interpreter (subprocess, tin
 GPU (`pytest -m cuda`): the Triton kernel against the float64 PyTorch implementation.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from triton_interpreter import run_in_interpreter
 
 from achilles_interp.kernels.effective_attention import (
     effective_attention,
     effective_attention_torch,
     effective_attention_triton,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def rel_err(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
@@ -160,23 +155,6 @@ def test_bad_arguments(kw, match):
         effective_attention(delta, A, B, C, backend="cuda")
 
 
-# Preamble of the interpreter subprocess: import the kernels without the package __init__ (seconds
-# of model imports), and let Triton's interpreter turn 1-element arrays into ints under numpy >= 2.4.
-INTERPRETER_PREAMBLE = f"""
-import sys, types
-for _name, _path in [("achilles_interp", {str(REPO / "achilles_interp")!r}),
-                     ("achilles_interp.kernels", {str(REPO / "achilles_interp" / "kernels")!r})]:
-    _m = types.ModuleType(_name)
-    _m.__path__ = [_path]
-    sys.modules[_name] = _m
-import numpy as np
-import triton.runtime.interpreter as _ti
-_orig_patch = _ti._patch_lang_tensor
-def _patch(tensor, scope):
-    _orig_patch(tensor, scope)
-    scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-_ti._patch_lang_tensor = _patch
-"""
 
 
 def test_triton_kernel_in_interpreter():
@@ -197,10 +175,7 @@ def test_triton_kernel_in_interpreter():
         assert rel_err(s, ref.sum(1)) < 1e-5 and rel_err(a, ref[:, [2, 0]].abs().sum(1)) < 1e-5
         print("OK")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", INTERPRETER_PREAMBLE + body], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+    assert "OK" in run_in_interpreter(body)
 
 
 # ---------------------------------------------------------------------------------------------
