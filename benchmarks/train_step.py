@@ -1,6 +1,7 @@
 """Training-step time: CUDA-graph replay vs eager launches, at the paper's model size (GPU only).
 
     python benchmarks/train_step.py [--steps 200] [--models mamba:mamba2 mamba:mamba1 ...]
+    python benchmarks/train_step.py --models mamba:mamba2 --set chunk_size=32   # a preset override
 
 For each model, builds the ``paper`` preset's model and optimiser, trains ``--steps`` steps on
 inverse-matching batches of the preset's size (1024) with :class:`TrainStep` eagerly and then
@@ -11,6 +12,7 @@ eager / graphed, plus the loss after the last step of each mode (they train the 
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 
 import torch
@@ -22,11 +24,25 @@ from achilles_interp.training.trainer import param_groups
 from achilles_interp.zoo import build_model
 
 
-def time_steps(name: str, mixer: str, graph: bool, steps: int, batches) -> tuple[float, float, str]:
+def parse_override(text: str) -> tuple[str, object]:
+    """``"chunk_size=32"`` -> ``("chunk_size", 32)``; the value is read as a Python literal if it is one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (e.g. chunk_size=32), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def time_steps(
+    name: str, mixer: str, graph: bool, steps: int, batches, overrides: dict
+) -> tuple[float, float, str]:
     preset = PRESETS["paper"]
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **preset.model_kwargs(name, mixer)).to(dev)
+    kwargs = {**preset.model_kwargs(name, mixer), **overrides}
+    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **kwargs).to(dev)
     opt = make_optimizer(param_groups(model, preset.weight_decay), preset.lr_max, preset.betas, preset.eps, dev)
     step = TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=graph)
     for i in range(8):  # warm-up (autotuning, capture)
@@ -45,20 +61,31 @@ def main(argv=None) -> None:
     p.add_argument(
         "--models", nargs="+", default=["mamba:mamba2", "mamba:mamba1", "mamba-bypass-pe:mamba2", "transformer:-"]
     )
+    p.add_argument(
+        "--set",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model argument of the paper preset (repeatable), e.g. chunk_size=32",
+    )
     args = p.parse_args(argv)
+    overrides = dict(args.set)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
     task = get_task("inverse-matching", n_layers=PRESETS["paper"].model["n_layers"])
     data = task.generate(8 * 1024, seed=0, split="train").to("cuda")
     batches = [data[i * 1024 : (i + 1) * 1024] for i in range(8)]
     print(f"GPU: {torch.cuda.get_device_name()}; batch 1024 x {task.seq_len} tokens; {args.steps} timed steps")
+    if overrides:
+        print(f"model overrides: {overrides}")
     print("| model | eager ms/step | graphed ms/step | eager / graphed | final loss eager / graphed |")
     print("|---|---|---|---|---|")
     for spec in args.models:
         name, mixer = spec.split(":")
         mixer = "mamba2" if mixer == "-" else mixer
-        te, le, _ = time_steps(name, mixer, False, args.steps, batches)
-        tg, lg, mode = time_steps(name, mixer, True, args.steps, batches)
+        te, le, _ = time_steps(name, mixer, False, args.steps, batches, overrides)
+        tg, lg, mode = time_steps(name, mixer, True, args.steps, batches, overrides)
         label = name if name.startswith("transformer") else f"{name} ({mixer})"
         note = "" if mode == "cuda-graph" else " (capture failed: eager)"
         print(f"| {label} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")

@@ -289,7 +289,9 @@ def train(
     if resume:
         if not state_path.is_file():
             raise ValueError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
-        st = torch.load(state_path, map_location=dev, weights_only=False)
+        # Loaded on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict copies
+        # weights and optimiser moments onto the parameters' device.
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
         keys = ("task", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
         diff = [k for k in keys if st["run"].get(k) != run.get(k)]
         if diff:
