@@ -40,19 +40,26 @@ def grid(models: Sequence[str], mixers: Sequence[str]) -> list[tuple[str, Option
     return out
 
 
+def run_path(out_dir: Path, model: str, mixer: Optional[str], seed: int) -> Path:
+    """The directory of one run of a grid: ``out_dir/<variant label>/seed<seed>``."""
+    return Path(out_dir) / variant_label(model, mixer) / f"seed{seed}"
+
+
+def run_metrics(out_dir: Path, model: str, mixer: Optional[str], seed: int) -> Optional[dict]:
+    """The metrics.json of a run, finished or not, or None where the run has none."""
+    mfile = run_path(out_dir, model, mixer, seed) / METRICS_FILE
+    return json.loads(mfile.read_text()) if mfile.is_file() else None
+
+
 def finished_run(out_dir: Path, model: str, mixer: Optional[str], seed: int) -> Optional[dict]:
     """The metrics.json of a completed run, or None."""
-    mfile = out_dir / variant_label(model, mixer) / f"seed{seed}" / METRICS_FILE
-    if mfile.is_file():
-        doc = json.loads(mfile.read_text())
-        if doc.get("complete"):
-            return doc
-    return None
+    doc = run_metrics(out_dir, model, mixer, seed)
+    return doc if doc is not None and doc.get("complete") else None
 
 
 def run_one(task, model: str, mixer: Optional[str], seed: int, out_dir: Path, preset, **kw) -> dict:
     """Train (or reuse / resume) one run; returns its metrics.json content."""
-    run_dir = out_dir / variant_label(model, mixer) / f"seed{seed}"
+    run_dir = run_path(out_dir, model, mixer, seed)
     done = finished_run(out_dir, model, mixer, seed)
     if done is not None:
         return done
@@ -235,9 +242,7 @@ def compare(
                 "elapsed_s": r["provenance"]["elapsed_s"],
                 "device": r["provenance"]["device"],
                 "git_commit": r["provenance"]["git_commit"],
-                "dir": str(
-                    out_dir / variant_label(r["run"]["model"], r["run"]["mixer"]) / f"seed{r['run']['seed']}"
-                ),
+                "dir": str(run_path(out_dir, r["run"]["model"], r["run"]["mixer"], r["run"]["seed"])),
             }
             for r in runs
         ],

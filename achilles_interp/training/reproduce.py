@@ -19,7 +19,6 @@ qualitative claims is turned into a check with an explicit threshold (listed in 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,8 +30,7 @@ import torch
 
 from ..outputs import write_text
 from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
-from .compare import compare, fmt, grid, markdown_table, variant_label
-from .trainer import METRICS_FILE
+from .compare import compare, fmt, grid, markdown_table, run_metrics, variant_label
 from .presets import get_preset
 
 MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
@@ -177,11 +175,8 @@ def unfinished_runs(runs_dir: Path, tasks: Sequence[str], mixers: Sequence[str],
     last evaluation it reached (``epoch`` of ``epochs``)."""
     out = []
     for task, model, mixer, seed in grid_runs(tasks, mixers, seeds, models):
-        mfile = Path(runs_dir) / task / variant_label(model, mixer) / f"seed{seed}" / METRICS_FILE
-        if not mfile.is_file():
-            continue
-        doc = json.loads(mfile.read_text())
-        if doc.get("complete") or not doc.get("history"):
+        doc = run_metrics(Path(runs_dir) / task, model, mixer, seed)
+        if doc is None or doc.get("complete") or not doc.get("history"):
             continue
         last = doc["history"][-1]
         out.append({"task": task, "variant": variant_label(model, mixer), "seed": seed, "epoch": last["epoch"],
