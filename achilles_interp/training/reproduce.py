@@ -30,7 +30,7 @@ import torch
 
 from ..outputs import write_text
 from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
-from .compare import compare, fmt, grid, markdown_table, run_metrics, variant_label
+from .compare import compare, finished_run, fmt, grid, markdown_table, run_metrics, variant_label
 from .presets import get_preset
 
 MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
@@ -349,7 +349,11 @@ def _train_in_parallel(args, preset: str, device: str) -> None:
         value = getattr(args, flag)
         if value is not None:
             forwarded += [f"--{flag.replace('_', '-')}", str(value)]
-    pending = grid_runs(args.tasks, args.mixers, args.seeds, args.models)
+    pending = [
+        (task, model, mixer, seed)
+        for task, model, mixer, seed in grid_runs(args.tasks, args.mixers, args.seeds, args.models)
+        if finished_run(Path(args.runs_dir) / task, model, mixer, seed) is None
+    ]  # finished runs are reused, not given a process
     running: list = []
     deadline = None if args.time_limit is None else time.time() + args.time_limit
     while pending or running:
@@ -408,8 +412,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "these small models), then tabulate. At the paper preset each run held 4.6-6.9 GB of "
                          "GPU memory (H100, CUDA graphs on): 8 runs fit in 80 GB, 14 did not")
     ap.add_argument("--time-limit", type=float, default=None,
-                    help="with --jobs: stop waiting after this many seconds and tabulate the runs that "
-                         "finished (missing cells are reported as not run)")
+                    help="stop the runs still training after this many seconds (each keeps its last "
+                         "checkpoint, and the next invocation resumes it) and tabulate the runs that "
+                         "finished; the others are listed as unfinished")
     ap.add_argument("--render-only", action="store_true",
                     help="train nothing: tabulate the finished runs under --runs-dir")
     ap.add_argument("--no-report", action="store_true", help="train only; write no markdown report")
@@ -425,7 +430,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finished_only = args.render_only
     if args.init_gamma is not None and args.init_gamma <= 0:
         ap.error(f"--init-gamma must be positive, got {args.init_gamma}")
-    if args.jobs > 1 and not args.render_only:
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        ap.error(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+    # A time limit needs runs in child processes that can be stopped (they keep their last
+    # checkpoint), so it uses the parallel driver even at --jobs 1.
+    if (args.jobs > 1 or args.time_limit is not None) and not args.render_only:
         _train_in_parallel(args, preset, device)
         finished_only = True
     overrides = {k: v for k, v in (("d_model", args.d_model), ("init_gamma", args.init_gamma)) if v is not None}
