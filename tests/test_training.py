@@ -129,6 +129,21 @@ def test_resume_matches_uninterrupted(tmp_path, name):
     assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in full["history"]]
 
 
+def test_resume_accepts_another_kernel_chunk_length_but_not_another_model(tmp_path):
+    # chunk_size only tiles the Mamba-2 scan (the same function), so a run may resume with another;
+    # a change to what the model computes (d_state) must still be refused.
+    kw = dict(preset=TINY, seed=1, device="cpu", progress=False)
+    train("forward-matching", "mamba", tmp_path / "run", stop_after_epochs=1,
+          model_overrides={"chunk_size": 256}, **kw)
+    with pytest.raises(ValueError, match="differs in \\['model_config'\\]"):
+        train("forward-matching", "mamba", tmp_path / "run", resume=True,
+              model_overrides={"chunk_size": 16, "d_state": 8}, **kw)
+    done = train("forward-matching", "mamba", tmp_path / "run", resume=True,
+                 model_overrides={"chunk_size": 16}, **kw)
+    assert done["complete"] and len(done["history"]) == TINY.epochs
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["chunk_size"] == 16
+
+
 def test_cli_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(
@@ -292,6 +307,21 @@ def test_reproduce_parallel_runs_with_overrides(tmp_path):
     text = md.read_text()
     assert "overrides: d_model = 16, init_gamma = 0.75, matching-task fillers = numbers" in text
     assert "| mamba-noconv-mamba2 | 1 |" in text
+
+
+def test_reproduce_time_limit_stops_runs_at_one_job(tmp_path):
+    """--time-limit is honoured without --jobs: the run is stopped, not trained to the end in-process."""
+    from achilles_interp.training.reproduce import main as reproduce
+
+    md = tmp_path / "repro.md"
+    argv = ["--out", str(md), "--runs-dir", str(tmp_path / "runs"), "--preset", "quick", "--seeds", "0",
+            "--mixers", "mamba2", "--tasks", "forward-matching", "--models", "mamba", "--epochs", "500",
+            "--n-train", "4096", "--n-eval", "16", "--d-model", "16", "--threads", "1", "--device", "cpu",
+            "--no-progress", "--time-limit", "3"]
+    assert reproduce(argv) == 0
+    metrics = tmp_path / "runs" / "forward-matching" / "mamba-mamba2" / "seed0" / "metrics.json"
+    assert not metrics.is_file() or not json.loads(metrics.read_text())["complete"]
+    assert "| mamba-mamba2 |" not in md.read_text()
 
 
 def test_shipped_checkpoints_match_their_provenance():

@@ -157,6 +157,18 @@ def evaluate(model, batch: TaskBatch, device: torch.device, batch_size: int = EV
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
+
+# Config fields that choose how the kernels tile the computation, not what the model computes: a
+# run may resume with other values (e.g. a preset whose Mamba-2 chunk length was changed for speed).
+KERNEL_TILING_FIELDS = ("chunk_size",)
+
+
+def _resume_key(value):
+    """A run setting as compared on resume: model configs without their kernel-tiling fields."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in KERNEL_TILING_FIELDS}
+    return value
+
 def train(
     task: Union[str, Task],
     model_name: str,
@@ -293,7 +305,7 @@ def train(
         # weights and optimiser moments onto the parameters' device.
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         keys = ("task", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
-        diff = [k for k in keys if st["run"].get(k) != run.get(k)]
+        diff = [k for k in keys if _resume_key(st["run"].get(k)) != _resume_key(run.get(k))]
         if diff:
             raise ValueError(
                 f"--resume: the run in {out_dir} differs in {diff} "
