@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--steps 200] [--models mamba:mamba2 mamba:mamba1 ...]
     python benchmarks/train_step.py --models mamba:mamba2 --set chunk_size=32   # a preset override
+    python benchmarks/train_step.py --models mamba:mamba2 --chunk-sizes 256 64 32   # a row per chunk
 
 For each model, builds the ``paper`` preset's model and optimiser, trains ``--steps`` steps on
 inverse-matching batches of the preset's size (1024) with :class:`TrainStep` eagerly and then
@@ -69,6 +70,15 @@ def main(argv=None) -> None:
         metavar="KEY=VALUE",
         help="override a model argument of the paper preset (repeatable), e.g. chunk_size=32",
     )
+    p.add_argument(
+        "--chunk-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time each Mamba-2 model once per Mamba-2 kernel chunk length (tokens), a row each",
+    )
+    p.add_argument("--graphed-only", action="store_true", help="skip the eager timing")
     args = p.parse_args(argv)
     overrides = dict(args.set)
     if not torch.cuda.is_available():
@@ -84,11 +94,18 @@ def main(argv=None) -> None:
     for spec in args.models:
         name, mixer = spec.split(":")
         mixer = "mamba2" if mixer == "-" else mixer
-        te, le, _ = time_steps(name, mixer, False, args.steps, batches, overrides)
-        tg, lg, mode = time_steps(name, mixer, True, args.steps, batches, overrides)
         label = name if name.startswith("transformer") else f"{name} ({mixer})"
-        note = "" if mode == "cuda-graph" else " (capture failed: eager)"
-        print(f"| {label} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
+        chunked = mixer == "mamba2" and not name.startswith("transformer") and args.chunk_sizes
+        for chunk in args.chunk_sizes if chunked else [None]:
+            ov = overrides if chunk is None else {**overrides, "chunk_size": chunk}
+            row = label if chunk is None else f"{label}, chunk {chunk}"
+            tg, lg, mode = time_steps(name, mixer, True, args.steps, batches, ov)
+            note = "" if mode == "cuda-graph" else " (capture failed: eager)"
+            if args.graphed_only:
+                print(f"| {row} | - | {tg:.2f}{note} | - | - / {lg:.4f} |")
+                continue
+            te, le, _ = time_steps(name, mixer, False, args.steps, batches, ov)
+            print(f"| {row} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
 
 
 if __name__ == "__main__":

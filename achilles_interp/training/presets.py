@@ -16,11 +16,16 @@ Our choices where the paper is silent or gives a range (all overridable):
 * Dataset size: 80 000 training examples with 10 000 held-out test and OOD examples each -
   the 80/10/10 proportions of the paper's split (each split is generated separately, see
   :mod:`achilles_interp.tasks.inverse_matching`).
-* Mamba-2 ``headdim`` 64 (4 heads at d_model 128) and mamba_ssm's kernel ``chunk_size`` 256.
-  Measured on an H100 (``benchmarks/train_step.py``, batch 1024 x 29 tokens): 11.8 ms per
-  training step with CUDA graphs (17.0 ms eager), so a 200-epoch run takes about 3 minutes. A
-  shorter chunk (the sequences are 29 tokens long) would skip padded tiles, with the same
-  arithmetic, but the SSD kernels have not been run here at other chunk sizes, so it is not set.
+* Mamba-2 ``headdim`` 64 (4 heads at d_model 128) and kernel ``chunk_size`` 32 (mamba_ssm's
+  default is 256). The chunk length only tiles the scan - every chunk length computes the same
+  function - but the sequences here are 29 tokens long, and at 256 the SSD kernels pad each one
+  to a 256-token tile. Measured on an H100: 11.7 ms per graphed training step at chunk 256
+  (``benchmarks/train_step.py``, batch 1024 x 29 tokens); at chunk 32 a paper-preset run alone on
+  the GPU trained 10 epochs (800 steps plus one evaluation of all three splits) in 5.4 s, i.e.
+  at most 6.8 ms per step, so a 200-epoch run trains in under 2 minutes (plus 1-3 minutes of
+  Triton compilation and autotuning per process on a cold cache).
+  ``benchmarks/train_step.py --chunk-sizes 256 32`` times them side by side. Resuming a run
+  with another chunk length is allowed (:data:`~achilles_interp.training.trainer.KERNEL_TILING_FIELDS`).
 * Mamba-1 ``d_state`` 16 (the Mamba-1 default, and that of every public Mamba-1 checkpoint)
   instead of the paper's 128 (a Mamba-2 size): ``selective_scan_cuda`` at d_state 128 took
   84 ms per training step on an H100 (batch 1024), 22 minutes per 200-epoch run.
@@ -134,6 +139,7 @@ PRESETS: dict[str, Preset] = {
         ),
         transformer=dict(n_heads=1, d_mlp="auto"),
         mamba1=dict(d_state=16),
+        mamba2=dict(chunk_size=32),
     ),
     "quick": Preset(
         name="quick",
