@@ -345,7 +345,7 @@ def _train_in_parallel(args, preset: str, device: str) -> None:
     import subprocess
 
     forwarded = []
-    for flag in ("epochs", "n_train", "n_eval", "d_model", "threads", "init_gamma", "filler"):
+    for flag in ("epochs", "n_train", "n_eval", "d_model", "n_layers", "threads", "init_gamma", "filler"):
         value = getattr(args, flag)
         if value is not None:
             forwarded += [f"--{flag.replace('_', '-')}", str(value)]
@@ -398,6 +398,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--n-train", type=int, default=None, help="override the preset's training-set size")
     ap.add_argument("--n-eval", type=int, default=None, help="override the preset's evaluation-set size")
     ap.add_argument("--d-model", type=int, default=None, help="override the preset's model width")
+    ap.add_argument("--n-layers", type=int, default=None,
+                    help="override the preset's depth (every model; the matching tasks' filler run is "
+                         "3 x n_layers tokens, so it changes the sequences too)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--models", nargs="+", default=None, choices=sorted(set(MATCHING_MODELS + COMPOSITE_MODELS)),
                     help="restrict the grid to these variants (default: all of each task's)")
@@ -409,8 +412,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--jobs", type=int, default=1,
                     help="train the grid's runs in this many parallel processes (one GPU hosts several of "
-                         "these small models), then tabulate. At the paper preset each run held 4.6-6.9 GB of "
-                         "GPU memory (H100, CUDA graphs on): 8 runs fit in 80 GB, 14 did not")
+                         "these small models), then tabulate. Measured on an H100 at the paper preset (CUDA "
+                         "graphs on): 8 runs at once held 30 GB in all (Mamba-2 chunk 32; at chunk 256 each "
+                         "held 4.6-6.9 GB and 14 did not fit in 80 GB). One run keeps the GPU busy, so more "
+                         "jobs mostly overlap the 1-3 minutes each process spends compiling Triton kernels")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop the runs still training after this many seconds (each keeps its last "
                          "checkpoint, and the next invocation resumes it) and tabulate the runs that "
@@ -430,6 +435,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finished_only = args.render_only
     if args.init_gamma is not None and args.init_gamma <= 0:
         ap.error(f"--init-gamma must be positive, got {args.init_gamma}")
+    for flag in ("d_model", "n_layers"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.time_limit is not None and args.time_limit <= 0:
@@ -439,7 +447,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if (args.jobs > 1 or args.time_limit is not None) and not args.render_only:
         _train_in_parallel(args, preset, device)
         finished_only = True
-    overrides = {k: v for k, v in (("d_model", args.d_model), ("init_gamma", args.init_gamma)) if v is not None}
+    overrides = {
+        k: v for k, v in (("d_model", args.d_model), ("n_layers", args.n_layers), ("init_gamma", args.init_gamma))
+        if v is not None
+    }
     results = {}
     for task in args.tasks:
         models = models_for(task, args.models)
