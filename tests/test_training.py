@@ -144,6 +144,29 @@ def test_resume_accepts_another_kernel_chunk_length_but_not_another_model(tmp_pa
     assert json.loads((tmp_path / "run" / "config.json").read_text())["chunk_size"] == 16
 
 
+def test_provenance_says_when_the_package_differs_from_its_commit(tmp_path):
+    import shutil
+    import subprocess
+
+    from achilles_interp.training.trainer import git_commit, git_modified
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    assert git_commit(tmp_path) is None and git_modified(tmp_path) is None  # not a checkout
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("x = 1\n")
+    env = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["init", "-q"], ["add", "."], [*env, "commit", "-q", "-m", "c"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert git_commit(pkg) == head.strip() and git_modified(pkg) is False
+    (tmp_path / "notes.txt").write_text("outside the package: untracked, ignored\n")
+    assert git_modified(pkg) is False
+    (pkg / "m.py").write_text("x = 2\n")
+    assert git_modified(pkg) is True
+
+
 def test_cli_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(

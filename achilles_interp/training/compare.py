@@ -242,6 +242,7 @@ def compare(
                 "elapsed_s": r["provenance"]["elapsed_s"],
                 "device": r["provenance"]["device"],
                 "git_commit": r["provenance"]["git_commit"],
+                "git_modified": r["provenance"].get("git_modified"),  # absent in runs before it was kept
                 "dir": str(run_path(out_dir, r["run"]["model"], r["run"]["mixer"], r["run"]["seed"])),
             }
             for r in runs

@@ -58,19 +58,29 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def git_commit() -> Optional[str]:
-    """HEAD commit of the repository holding this package, or None (not a checkout / no git)."""
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _git(args: list, cwd: Path) -> Optional[str]:
+    """stdout of ``git <args>`` run in ``cwd``, or None (no git, not a checkout, or an error)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(path: Path = PACKAGE_DIR) -> Optional[str]:
+    """HEAD commit of the repository holding ``path`` (default: this package), or None."""
+    out = _git(["rev-parse", "HEAD"], path)
+    return (out or "").strip() or None
+
+
+def git_modified(path: Path = PACKAGE_DIR) -> Optional[bool]:
+    """Whether tracked files under ``path`` (default: this package) differ from HEAD - a run
+    trained from such a tree is not exactly the code of :func:`git_commit` - or None without git."""
+    out = _git(["status", "--porcelain", "--untracked-files=no", "--", "."], path)
+    return None if out is None else bool(out.strip())
 
 
 def device_description(device: torch.device) -> str:
@@ -331,6 +341,7 @@ def train(
             "seed": seed,
             "preset": p.name,
             "git_commit": git_commit(),
+            "git_modified": git_modified(),
             "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
             "device": device_description(dev),
             "torch": torch.__version__,
