@@ -179,6 +179,7 @@ def _resume_key(value):
         return {k: v for k, v in value.items() if k not in KERNEL_TILING_FIELDS}
     return value
 
+
 def train(
     task: Union[str, Task],
     model_name: str,
@@ -335,13 +336,15 @@ def train(
             "or choose another output directory"
         )
 
+    # the code the run was started from, read once (not at every checkpoint, two git calls each)
+    code_version = {"git_commit": git_commit(), "git_modified": git_modified()}
+
     def provenance() -> dict:
         return {
             "command": command if command is not None else " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "seed": seed,
             "preset": p.name,
-            "git_commit": git_commit(),
-            "git_modified": git_modified(),
+            **code_version,
             "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
             "device": device_description(dev),
             "torch": torch.__version__,
