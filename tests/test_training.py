@@ -350,6 +350,101 @@ def test_reproduce_time_limit_stops_runs_at_one_job(tmp_path):
     assert "| mamba-mamba2 |" not in md.read_text()
 
 
+BAD_NUMBERS = [
+    ("--epochs", "0", "an integer >= 1"),
+    ("--epochs", "-3", "an integer >= 1"),
+    ("--n-train", "0", "an integer >= 1"),
+    ("--n-train", "-5", "an integer >= 1"),
+    ("--threads", "0", "an integer >= 1"),
+    ("--threads", "-1", "an integer >= 1"),
+    ("--d-model", "0", "an integer >= 1"),
+    ("--n-layers", "-1", "an integer >= 1"),
+    ("--init-gamma", "0", "a finite number > 0"),
+    ("--init-gamma", "-0.5", "a finite number > 0"),
+    ("--init-gamma", "nan", "a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("extra", [[], ["--jobs", "2"], ["--time-limit", "5"], ["--render-only"]],
+                         ids=["serial", "jobs", "time-limit", "render-only"])
+@pytest.mark.parametrize("flag, value, allowed", BAD_NUMBERS + [("--n-eval", "0", "an integer >= 1"),
+                                                               ("--n-eval", "-1", "an integer >= 1")])
+def test_reproduce_rejects_non_positive_numbers_before_writing(tmp_path, monkeypatch, capsys, flag, value, allowed,
+                                                               extra):
+    """A zero/negative count or a non-positive --init-gamma is a one-line usage error (exit 2, the flag,
+    the allowed values and the bad value named), raised before any run is started or file written."""
+    from achilles_interp.training import reproduce as mod
+
+    def must_not_run(*a, **k):
+        raise AssertionError("training started despite a bad argument")
+
+    monkeypatch.setattr(mod, "compare", must_not_run)
+    monkeypatch.setattr(mod, "_train_in_parallel", must_not_run)
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = ["--out", str(work / "repro.md"), "--runs-dir", str(work / "runs"), "--preset", "quick",
+            "--seeds", "0", "--mixers", "mamba2", "--tasks", "forward-matching", "--models", "transformer",
+            "--device", "cpu", "--no-progress", *extra, flag, value]
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m achilles_interp.training.reproduce: error: ")
+    got = float(value) if flag == "--init-gamma" else value  # the parsed value
+    assert last.endswith(f"{flag} must be positive ({allowed}), got {got}")
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize("flag, value, allowed", BAD_NUMBERS + [("--batch-size", "0", "an integer >= 1")])
+def test_cli_rejects_non_positive_numbers_before_writing(tmp_path, capsys, command, flag, value, allowed):
+    """train / compare: the same rules and messages as the reproduction driver (one shared helper)."""
+    model = ["--model", "mamba"] if command == "train" else ["--models", "mamba", "--seeds", "0"]
+    out = tmp_path / "out"
+    rc = main([command, "--task", "inverse-matching", *model, "--out", str(out), "--device", "cpu", "--no-progress",
+               flag, value])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    got = float(value) if flag == "--init-gamma" else value  # the parsed value
+    assert err == f"achilles-interp {command}: error: {flag} must be positive ({allowed}), got {got}"
+    assert not out.exists()
+
+
+def test_positive_settings_helper():
+    from achilles_interp.training.validation import positive_settings
+
+    assert positive_settings({"n_layers": 3, "d_model": None, "init_gamma": 0.5}) == {"n_layers": 3,
+                                                                                      "init_gamma": 0.5}
+    assert list(positive_settings({"init_gamma": 1, "epochs": 2})) == ["init_gamma", "epochs"]
+    for name, bad in (("epochs", 0), ("n_eval", -1), ("threads", 1.5), ("batch_size", True),
+                      ("init_gamma", 0.0), ("init_gamma", float("inf")), ("init_gamma", float("nan"))):
+        with pytest.raises(ValueError, match=f"^--{name.replace('_', '-')} must be positive"):
+            positive_settings({name: bad})
+    with pytest.raises(KeyError):
+        positive_settings({"seed": 1})  # no rule for it: a programming error, not a user error
+
+
+def test_training_package_does_not_import_the_cli():
+    """training/ is the library layer: the command-line front ends import it, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    import achilles_interp.training as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = ("." * node.level) + (node.module or "")
+            elif isinstance(node, ast.Import):
+                name = " ".join(a.name for a in node.names)
+            else:
+                continue
+            assert "commands" not in name and not name.endswith("cli"), f"{path.name} imports {name}"
+
+
 def test_shipped_checkpoints_match_their_provenance():
     """Each shipped checkpoint loads, is small, and re-evaluates to the test accuracy it records."""
     from achilles_interp.training.trainer import evaluate, resolve_task

@@ -52,21 +52,19 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
+    """The model overrides given on the command line, after checking that they and the other
+    numeric settings of :func:`add_common_args` are positive (rules in
+    :mod:`achilles_interp.training.validation`); a bad one is a :class:`CLIError`."""
     from ..cli import CLIError
+    from ..training.validation import positive_settings
 
-    out = {}
-    for flag, key in (("n_layers", "n_layers"), ("d_model", "d_model"), ("init_gamma", "init_gamma")):
-        v = getattr(args, flag)
-        if v is not None:
-            if v <= 0:
-                raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {v}")
-            out[key] = v
+    try:
+        out = positive_settings({k: getattr(args, k) for k in ("n_layers", "d_model", "init_gamma")})
+        positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "batch_size", "threads")})
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if args.pos_embed is not None:
         out["pos_embed"] = args.pos_embed
-    for flag in ("epochs", "n_train", "batch_size", "threads"):
-        v = getattr(args, flag)
-        if v is not None and v <= 0:
-            raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {v}")
     return out
 
 

@@ -32,6 +32,7 @@ from ..outputs import write_text
 from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
 from .compare import compare, finished_run, fmt, grid, markdown_table, run_metrics, variant_label
 from .presets import get_preset
+from .validation import positive_settings
 
 MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
 COMPOSITE_MODELS = ["mamba", "mamba-ones", "mamba-pe"]
@@ -424,6 +425,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="train nothing: tabulate the finished runs under --runs-dir")
     ap.add_argument("--no-report", action="store_true", help="train only; write no markdown report")
     args = ap.parse_args(argv)
+    # Every check before anything is trained or written (a bad value would otherwise surface as a
+    # traceback from the trainer, or, under --jobs/--time-limit, as failed child processes and an
+    # empty report).
+    try:
+        overrides = positive_settings({k: getattr(args, k) for k in ("d_model", "n_layers", "init_gamma")})
+        positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "n_eval", "threads")})
+    except ValueError as e:
+        ap.error(str(e))
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        ap.error(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(args.preset, device).name
@@ -433,24 +446,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     runs = Path(args.runs_dir)
     finished_only = args.render_only
-    if args.init_gamma is not None and args.init_gamma <= 0:
-        ap.error(f"--init-gamma must be positive, got {args.init_gamma}")
-    for flag in ("d_model", "n_layers"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            ap.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    if args.jobs < 1:
-        ap.error(f"--jobs must be at least 1, got {args.jobs}")
-    if args.time_limit is not None and args.time_limit <= 0:
-        ap.error(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     # A time limit needs runs in child processes that can be stopped (they keep their last
     # checkpoint), so it uses the parallel driver even at --jobs 1.
     if (args.jobs > 1 or args.time_limit is not None) and not args.render_only:
         _train_in_parallel(args, preset, device)
         finished_only = True
-    overrides = {
-        k: v for k, v in (("d_model", args.d_model), ("n_layers", args.n_layers), ("init_gamma", args.init_gamma))
-        if v is not None
-    }
     results = {}
     for task in args.tasks:
         models = models_for(task, args.models)
