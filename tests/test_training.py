@@ -347,7 +347,8 @@ def test_reproduce_time_limit_stops_runs_at_one_job(tmp_path):
     assert reproduce(argv) == 0
     metrics = tmp_path / "runs" / "forward-matching" / "mamba-mamba2" / "seed0" / "metrics.json"
     assert not metrics.is_file() or not json.loads(metrics.read_text())["complete"]
-    assert "| mamba-mamba2 |" not in md.read_text()
+    tables, unfinished = md.read_text().split("## Unfinished runs (not in the tables)")
+    assert "| mamba-mamba2 |" not in tables and "| forward-matching | mamba-mamba2 | 0 |" in unfinished
 
 
 BAD_NUMBERS = [
@@ -395,6 +396,23 @@ def test_reproduce_rejects_non_positive_numbers_before_writing(tmp_path, monkeyp
     got = float(value) if flag == "--init-gamma" else value  # the parsed value
     assert last.endswith(f"{flag} must be positive ({allowed}), got {got}")
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seeds", "-1", "--seeds must be >= 0, got [-1]"),
+    ("--preset", "bogus", "argument --preset: invalid choice: 'bogus'"),
+])
+def test_reproduce_rejects_bad_seed_or_preset_before_writing(tmp_path, capsys, flag, value, message):
+    from achilles_interp.training.reproduce import main as reproduce
+
+    argv = ["--out", str(tmp_path / "repro.md"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu",
+            "--tasks", "forward-matching", "--models", "transformer", flag, value]
+    with pytest.raises(SystemExit) as e:
+        reproduce(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])
@@ -513,7 +531,7 @@ def test_cuda_graph_run_resumes_to_the_uninterrupted_run(tmp_path):
 
 def test_reproduce_lists_stopped_runs_apart_from_the_tables(tmp_path):
     """A run cut before its last epoch is not averaged into a cell; the report lists it with the
-    epoch it reached."""
+    epoch it reached, and a run of the grid never started as not started."""
     from achilles_interp.training.reproduce import main as reproduce
 
     runs = tmp_path / "runs" / "forward-matching"
@@ -523,12 +541,15 @@ def test_reproduce_lists_stopped_runs_apart_from_the_tables(tmp_path):
     train("forward-matching", "mamba", runs / "mamba-mamba2" / "seed0", stop_after_epochs=1, **kw)
     md = tmp_path / "repro.md"
     argv = ["--render-only", "--out", str(md), "--runs-dir", str(tmp_path / "runs"), "--preset", "quick",
-            "--seeds", "0", "--mixers", "mamba2", "--tasks", "forward-matching", "--device", "cpu"]
+            "--seeds", "0", "1", "--mixers", "mamba2", "--tasks", "forward-matching", "--device", "cpu"]
     assert reproduce(argv) == 0
     text = md.read_text()
     table, unfinished = text.split("## Unfinished runs (not in the tables)")[0], text.split("## Unfinished runs")[1]
     assert "| transformer | 1 |" in table and "mamba-mamba2" not in table
-    assert "| forward-matching | mamba-mamba2 | 0 | 1 of 2 | train " in unfinished.split("## Claim checks")[0]
+    unfinished = unfinished.split("## Claim checks")[0]
+    assert "| forward-matching | mamba-mamba2 | 0 | 1 of 2 | train " in unfinished
+    assert "| forward-matching | transformer | 1 | not started | - |" in unfinished
+    assert "| forward-matching | mamba-mamba2 | 1 | not started | - |" in unfinished
 
 
 def test_fix_and_noconv_claims_need_their_preconditions():

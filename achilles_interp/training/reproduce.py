@@ -31,7 +31,7 @@ import torch
 from ..outputs import write_text
 from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
 from .compare import compare, finished_run, fmt, grid, markdown_table, run_metrics, variant_label
-from .presets import get_preset
+from .presets import PRESETS, get_preset
 from .validation import positive_settings
 
 MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
@@ -170,24 +170,31 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
 
 def unfinished_runs(runs_dir: Path, tasks: Sequence[str], mixers: Sequence[str], seeds: Sequence[int],
                     models: Optional[Sequence[str]] = None) -> list[dict]:
-    """The grid's runs that were started but stopped before their last epoch (a ``metrics.json``
-    with ``"complete": false``, e.g. cut by ``--time-limit``). They are left out of the tables; each
-    is returned as ``{task, variant, seed, epoch, epochs, accuracy}`` with the accuracies of the
-    last evaluation it reached (``epoch`` of ``epochs``)."""
+    """The grid's runs missing from the tables: started but stopped before their last epoch (a
+    ``metrics.json`` with ``"complete": false``, e.g. cut by ``--time-limit``), or never started
+    (no ``metrics.json``). Each is returned as ``{task, variant, seed, epoch, epochs, accuracy}``:
+    the accuracies of the last evaluation it reached (``epoch`` of ``epochs``), or ``epoch`` None
+    and no accuracies for a run not started."""
     out = []
     for task, model, mixer, seed in grid_runs(tasks, mixers, seeds, models):
         doc = run_metrics(Path(runs_dir) / task, model, mixer, seed)
-        if doc is None or doc.get("complete") or not doc.get("history"):
+        if doc is not None and doc.get("complete"):
             continue
-        last = doc["history"][-1]
-        out.append({"task": task, "variant": variant_label(model, mixer), "seed": seed, "epoch": last["epoch"],
-                    "epochs": doc["run"]["epochs"], "accuracy": last["accuracy"]})
+        row = {"task": task, "variant": variant_label(model, mixer), "seed": seed, "epoch": None,
+               "epochs": None, "accuracy": {}}
+        if doc is not None and doc.get("history"):
+            last = doc["history"][-1]
+            row.update(epoch=last["epoch"], epochs=doc["run"]["epochs"], accuracy=last["accuracy"])
+        out.append(row)
     return out
 
 
 def unfinished_table(rows: Sequence[dict]) -> str:
     lines = ["| task | variant | seed | stopped after epoch | accuracy at that epoch |", "|---|---|---|---|---|"]
     for r in rows:
+        if r["epoch"] is None:
+            lines.append(f"| {r['task']} | {r['variant']} | {r['seed']} | not started | - |")
+            continue
         acc = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
         lines.append(f"| {r['task']} | {r['variant']} | {r['seed']} | {r['epoch']} of {r['epochs']} | {acc} |")
     return "\n".join(lines)
@@ -225,7 +232,7 @@ def render(
 ) -> str:
     """The reproduction report (markdown) from the grid's results; ``settings`` lists the
     overrides of the preset the runs were trained with, ``unfinished`` the runs stopped before
-    their last epoch (:func:`unfinished_runs`), listed apart from the tables."""
+    their last epoch or not started (:func:`unfinished_runs`), listed apart from the tables."""
     checks = claim_checks(results, mixers)
     lines = [
         '# Reproduction of arXiv 2509.17514 ("Achilles\' heel of Mamba")',
@@ -277,9 +284,11 @@ def render(
         lines += [
             "## Unfinished runs (not in the tables)",
             "",
-            "Started, then stopped by a time limit before their last epoch; shown with their last "
-            "evaluation. An invocation that trains resumes each from the checkpoint in its run "
-            "directory, or retrains it where only its metrics.json was kept.",
+            "Runs of the grid that did not finish: stopped by a time limit before their last epoch "
+            "(shown with their last evaluation), or not started. The cells above average over the "
+            "seeds that finished (their 'seeds' column). An invocation that trains resumes each "
+            "stopped run from the checkpoint in its run directory, or retrains it where only its "
+            "metrics.json was kept.",
             "",
             unfinished_table(unfinished),
             "",
@@ -384,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--runs-dir", default="runs/reproduction", help="where the runs are kept (reused if present)"
     )
     ap.add_argument(
-        "--preset", default="auto", help="paper | quick | ship | auto (paper on a GPU, else quick)"
+        "--preset", default="auto", choices=["auto", *PRESETS],
+        help="paper | quick | ship | auto (paper on a GPU, else quick)",
     )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--mixers", nargs="+", default=["mamba2", "mamba1"], choices=["mamba1", "mamba2"])
@@ -433,6 +443,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "n_eval", "threads")})
     except ValueError as e:
         ap.error(str(e))
+    if any(seed < 0 for seed in args.seeds):
+        ap.error(f"--seeds must be >= 0, got {args.seeds}")
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.time_limit is not None and args.time_limit <= 0:
