@@ -600,3 +600,15 @@ def test_cuda_graph_on_cpu_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
         train("forward-matching", "mamba", tmp_path / "run", preset=TINY, device="cpu", progress=False, cuda_graph=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_report_lists_each_seed():
+    """The per-seed line names which seed memorised: seeds in order, train / test of each run."""
+    from achilles_interp.training.reproduce import per_seed_line
+
+    def run(label, seed, train, test):
+        return {"label": label, "seed": seed, "final": {"accuracy": {"train": train, "test": test, "ood": 0.2}}}
+
+    line = per_seed_line([run("mamba-mamba2", 2, 0.45, 0.201), run("mamba-mamba2", 0, 0.95, 0.881),
+                          run("transformer", 0, 1.0, 1.0)])
+    assert line.endswith("mamba-mamba2 (0: 0.950 / 0.881, 2: 0.450 / 0.201); transformer (0: 1.000 / 1.000)")

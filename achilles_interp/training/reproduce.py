@@ -200,6 +200,19 @@ def unfinished_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_seed_line(runs: Sequence[dict]) -> str:
+    """One line giving each variant's train / test accuracy seed by seed (``runs``: the
+    ``results.json`` run records): where the outcome is seed-dependent (one seed memorising, the
+    others generalising) the mean ± std hides which seed did what."""
+    by_label: dict[str, list[str]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        acc = r["final"]["accuracy"]
+        cell = " / ".join("-" if acc.get(s) is None else f"{acc[s]:.3f}" for s in ("train", "test"))
+        by_label.setdefault(r["label"], []).append(f"{r['seed']}: {cell}")
+    return "Train / test accuracy per seed (seed: train / test): " + "; ".join(
+        f"{label} ({', '.join(cells)})" for label, cells in by_label.items())
+
+
 def composite_table(summary: dict) -> str:
     rows = [
         "| variant | seeds | held-out '43': compositional (key-10) | held-out '43': symmetric (key-6) "
@@ -259,7 +272,7 @@ def render(
         if task in results:
             s = results[task]["summary"]
             splits = results[task]["runs"][0]["final"]["accuracy"].keys()
-            lines += [f"## {title}", "", markdown_table(s, list(splits)), ""]
+            lines += [f"## {title}", "", markdown_table(s, list(splits)), "", per_seed_line(results[task]["runs"]), ""]
             if task == "inverse-matching":
                 rates = [
                     f"{lab}: {fmt(v['extra'].get('test', {}).get('distractor_rate', {}))}"
