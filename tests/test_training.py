@@ -539,6 +539,10 @@ def test_reproduce_lists_stopped_runs_apart_from_the_tables(tmp_path):
               model_overrides={"d_model": 16})
     train("forward-matching", "transformer", runs / "transformer" / "seed0", **kw)
     train("forward-matching", "mamba", runs / "mamba-mamba2" / "seed0", stop_after_epochs=1, **kw)
+    # a run stopped before its first evaluation keeps a metrics.json with no history: started, not "not started"
+    cut = runs / "transformer" / "seed1"
+    cut.mkdir(parents=True)
+    (cut / "metrics.json").write_text(json.dumps({"complete": False, "history": [], "run": {"epochs": 2}}))
     md = tmp_path / "repro.md"
     argv = ["--render-only", "--out", str(md), "--runs-dir", str(tmp_path / "runs"), "--preset", "quick",
             "--seeds", "0", "1", "--mixers", "mamba2", "--tasks", "forward-matching", "--device", "cpu"]
@@ -548,7 +552,7 @@ def test_reproduce_lists_stopped_runs_apart_from_the_tables(tmp_path):
     assert "| transformer | 1 |" in table and "mamba-mamba2" not in table
     unfinished = unfinished.split("## Claim checks")[0]
     assert "| forward-matching | mamba-mamba2 | 0 | 1 of 2 | train " in unfinished
-    assert "| forward-matching | transformer | 1 | not started | - |" in unfinished
+    assert "| forward-matching | transformer | 1 | before its first evaluation | - |" in unfinished
     assert "| forward-matching | mamba-mamba2 | 1 | not started | - |" in unfinished
 
 

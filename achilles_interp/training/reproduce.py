@@ -172,16 +172,16 @@ def unfinished_runs(runs_dir: Path, tasks: Sequence[str], mixers: Sequence[str],
                     models: Optional[Sequence[str]] = None) -> list[dict]:
     """The grid's runs missing from the tables: started but stopped before their last epoch (a
     ``metrics.json`` with ``"complete": false``, e.g. cut by ``--time-limit``), or never started
-    (no ``metrics.json``). Each is returned as ``{task, variant, seed, epoch, epochs, accuracy}``:
-    the accuracies of the last evaluation it reached (``epoch`` of ``epochs``), or ``epoch`` None
-    and no accuracies for a run not started."""
+    (no ``metrics.json``). Each is returned as ``{task, variant, seed, started, epoch, epochs,
+    accuracy}``: the accuracies of the last evaluation it reached (``epoch`` of ``epochs``), or
+    ``epoch`` None and no accuracies for a run not started or stopped before its first evaluation."""
     out = []
     for task, model, mixer, seed in grid_runs(tasks, mixers, seeds, models):
         doc = run_metrics(Path(runs_dir) / task, model, mixer, seed)
         if doc is not None and doc.get("complete"):
             continue
-        row = {"task": task, "variant": variant_label(model, mixer), "seed": seed, "epoch": None,
-               "epochs": None, "accuracy": {}}
+        row = {"task": task, "variant": variant_label(model, mixer), "seed": seed, "started": doc is not None,
+               "epoch": None, "epochs": None, "accuracy": {}}
         if doc is not None and doc.get("history"):
             last = doc["history"][-1]
             row.update(epoch=last["epoch"], epochs=doc["run"]["epochs"], accuracy=last["accuracy"])
@@ -193,7 +193,8 @@ def unfinished_table(rows: Sequence[dict]) -> str:
     lines = ["| task | variant | seed | stopped after epoch | accuracy at that epoch |", "|---|---|---|---|---|"]
     for r in rows:
         if r["epoch"] is None:
-            lines.append(f"| {r['task']} | {r['variant']} | {r['seed']} | not started | - |")
+            status = "before its first evaluation" if r["started"] else "not started"
+            lines.append(f"| {r['task']} | {r['variant']} | {r['seed']} | {status} | - |")
             continue
         acc = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
         lines.append(f"| {r['task']} | {r['variant']} | {r['seed']} | {r['epoch']} of {r['epochs']} | {acc} |")
