@@ -600,6 +600,27 @@ def test_composite_claims_cover_ones_conv_and_pe():
         "not run")
 
 
+def test_claims_outside_the_requested_grid_are_left_out():
+    """A grid of standard Mamba alone (``--models mamba``) never asked for a Transformer, bypass or
+    composite runs: their claims are not checked (not listed as 'not run'); a requested cell
+    without a finished run still is 'not run'."""
+    from achilles_interp.training.reproduce import claim_checks, grid_cells
+
+    requested = grid_cells(["inverse-matching", "forward-matching"], ["mamba1"], ["mamba"])
+    assert requested == {("inverse-matching", "mamba-mamba1"), ("forward-matching", "mamba-mamba1")}
+    inv = {"summary": {"mamba-mamba1": {"accuracy": {"test": {"mean": 0.21}}, "extra": {}}}}
+    fwd = {"summary": {"mamba-mamba1": {"accuracy": {"test": {"mean": 0.93}}, "extra": {}}}}
+    verdicts = {c["claim"]: c["verdict"] for c in claim_checks(
+        {"inverse-matching": inv, "forward-matching": fwd}, ["mamba1"], requested)}
+    assert verdicts == {
+        "Standard Mamba (mamba1) fails inverse sequence matching (near chance, 0.2).": "agrees",
+        "The failure is specific to reversal: standard Mamba (mamba1) learns the forward-matching control.":
+            "agrees",
+    }
+    verdicts = {c["claim"]: c["verdict"] for c in claim_checks({"inverse-matching": inv}, ["mamba1"], requested)}
+    assert set(verdicts.values()) == {"not run"} and len(verdicts) == 2  # forward control requested, unfinished
+
+
 def test_cuda_graph_on_cpu_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
         train("forward-matching", "mamba", tmp_path / "run", preset=TINY, device="cpu", progress=False, cuda_graph=True)

@@ -72,10 +72,14 @@ def _mean(summary: dict, label: str, split: str, extra: Optional[str] = None) ->
     return None if not st else st.get("mean")
 
 
-def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
+def claim_checks(results: dict, mixers: Sequence[str],
+                 requested: Optional[set[tuple[str, str]]] = None) -> list[dict]:
     """Each paper claim as ``{claim, check, values, verdict}`` with verdict "agrees", "disagrees",
     "inconclusive: <reason>" (the run did not learn enough for the check to mean anything, e.g. a
-    'fails' verdict on a model that also fails the easy control) or "not run" (a cell is missing)."""
+    'fails' verdict on a model that also fails the easy control) or "not run" (a cell of the grid
+    has no finished run). ``requested``: the grid's ``(task, variant label)`` cells
+    (:func:`grid_cells`); a claim that needs a cell outside them is left out rather than reported
+    "not run", since that grid never asked for it (e.g. ``--models mamba`` trains no Transformer)."""
     inv = results.get("inverse-matching", {}).get("summary", {})
     fwd = results.get("forward-matching", {}).get("summary", {})
     comp = results.get("composite", {}).get("summary", {})
@@ -86,8 +90,9 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             return f"the model gives either answer on only {compositional + symmetric:.2f} of the examples"
         return None
 
-    def add(claim: str, check: str, values: dict, ok, inconclusive=None):
-        reason = None
+    def add(claim: str, check: str, cells: Sequence[tuple[str, str]], values: dict, ok, inconclusive=None):
+        if requested is not None and not set(cells) <= requested:
+            return
         if any(v is None for v in values.values()):
             verdict = "not run"
         elif inconclusive is not None and (reason := inconclusive(**values)):
@@ -100,6 +105,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
     add(
         "The Transformer solves inverse sequence matching.",
         f"transformer test accuracy >= {SOLVES}",
+        [("inverse-matching", "transformer")],
         {"transformer test": _mean(inv, "transformer", "test")},
         lambda **v: v["transformer test"] >= SOLVES,
     )
@@ -109,6 +115,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             f"Standard Mamba ({mx}) fails inverse sequence matching (near chance, 0.2).",
             f"{std} inverse test accuracy <= {NEAR_CHANCE}, counted only if its forward-control test "
             f"accuracy >= {LEARNED} (else an untrained model would 'fail' too)",
+            [("inverse-matching", std), ("forward-matching", std)],
             {"inverse": _mean(inv, std, "test"), "forward": _mean(fwd, std, "test")},
             lambda **v: v["inverse"] <= NEAR_CHANCE,
             lambda **v: None if v["forward"] >= LEARNED else "the forward control is not learned either",
@@ -117,6 +124,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             f"The failure is specific to reversal: standard Mamba ({mx}) learns the forward-matching "
             "control.",
             f"{std} forward test >= {SOLVES} and inverse test <= {NEAR_CHANCE}",
+            [("forward-matching", std), ("inverse-matching", std)],
             {"forward": _mean(fwd, std, "test"), "inverse": _mean(inv, std, "test")},
             lambda **v: v["forward"] >= SOLVES and v["inverse"] <= NEAR_CHANCE,
         )
@@ -124,6 +132,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             f"Conv bypass + positional encoding fixes Mamba ({mx}) on inverse matching.",
             f"{fix} test >= {SOLVES} and >= {std} test + {FIX_MARGIN}, counted only if {std} fails "
             f"(test <= {NEAR_CHANCE})",
+            [("inverse-matching", fix), ("inverse-matching", std)],
             {"fix": _mean(inv, fix, "test"), "standard": _mean(inv, std, "test")},
             lambda **v: v["fix"] >= SOLVES and v["fix"] >= v["standard"] + FIX_MARGIN,
             lambda **v: None if v["standard"] <= NEAR_CHANCE else (
@@ -135,6 +144,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             "than standard Mamba on inverse matching.",
             f"mamba-noconv-{mx} test > {std} test + 0.1, counted only if mamba-noconv-{mx} learns the "
             f"forward control (test >= {LEARNED})",
+            [("inverse-matching", f"mamba-noconv-{mx}"), ("inverse-matching", std), ("forward-matching", f"mamba-noconv-{mx}")],
             {
                 "noconv": _mean(inv, f"mamba-noconv-{mx}", "test"),
                 "standard": _mean(inv, std, "test"),
@@ -149,6 +159,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
         add(
             f"Standard Mamba ({mx}) favours the compositional solution on the held-out composite pair.",
             f"{std}: rate(compositional) > rate(symmetric) on split test",
+            [("composite", std)],
             {"compositional": _mean(comp, std, "test", c), "symmetric": _mean(comp, std, "test", s)},
             lambda **v: v["compositional"] > v["symmetric"],
             neither,
@@ -158,6 +169,7 @@ def claim_checks(results: dict, mixers: Sequence[str]) -> list[dict]:
             add(
                 f"{change} ({mx}) makes Mamba favour the symmetric solution.",
                 f"{variant}-{mx}: rate(symmetric) > rate(compositional) on split test",
+                [("composite", f"{variant}-{mx}")],
                 {
                     "compositional": _mean(comp, f"{variant}-{mx}", "test", c),
                     "symmetric": _mean(comp, f"{variant}-{mx}", "test", s),
@@ -174,14 +186,16 @@ def unfinished_runs(runs_dir: Path, tasks: Sequence[str], mixers: Sequence[str],
     ``metrics.json`` with ``"complete": false``, e.g. cut by ``--time-limit``), or never started
     (no ``metrics.json``). Each is returned as ``{task, variant, seed, started, epoch, epochs,
     accuracy}``: the accuracies of the last evaluation it reached (``epoch`` of ``epochs``), or
-    ``epoch`` None and no accuracies for a run not started or stopped before its first evaluation."""
+    ``epoch`` None and no accuracies for a run not started or stopped before its first evaluation,
+    and the ``device`` it ran on (None where unknown)."""
     out = []
     for task, model, mixer, seed in grid_runs(tasks, mixers, seeds, models):
         doc = run_metrics(Path(runs_dir) / task, model, mixer, seed)
         if doc is not None and doc.get("complete"):
             continue
         row = {"task": task, "variant": variant_label(model, mixer), "seed": seed, "started": doc is not None,
-               "epoch": None, "epochs": None, "accuracy": {}}
+               "epoch": None, "epochs": None, "accuracy": {},
+               "device": (doc or {}).get("provenance", {}).get("device")}
         if doc is not None and doc.get("history"):
             last = doc["history"][-1]
             row.update(epoch=last["epoch"], epochs=doc["run"]["epochs"], accuracy=last["accuracy"])
@@ -230,9 +244,11 @@ def composite_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def _trained_on(results: dict) -> str:
-    """The devices and run times recorded in the runs' own metrics (they may predate this invocation)."""
-    devices = sorted({str(r.get("device")) for res in results.values() for r in res.get("runs", [])})
+def _trained_on(results: dict, unfinished: Sequence[dict] = ()) -> str:
+    """The devices and run times recorded in the runs' own metrics (they may predate this
+    invocation); the devices of unfinished runs count too, their times (cut short) do not."""
+    devices = sorted({str(r.get("device")) for res in results.values() for r in res.get("runs", [])}
+                     | {r["device"] for r in unfinished if r.get("device")})
     times = [r.get("elapsed_s") for res in results.values() for r in res.get("runs", []) if r.get("elapsed_s")]
     span = f"; {len(times)} runs, {min(times):.0f}-{max(times):.0f} s each" if times else ""
     epochs = sorted({r["epochs"] for res in results.values() for r in res.get("runs", []) if r.get("epochs")})
@@ -243,11 +259,13 @@ def _trained_on(results: dict) -> str:
 def render(
     results: dict, mixers: Sequence[str], seeds: Sequence[int], preset: str, command: str, elapsed_s: float,
     settings: Sequence[str] = (), unfinished: Sequence[dict] = (),
+    requested: Optional[set[tuple[str, str]]] = None,
 ) -> str:
     """The reproduction report (markdown) from the grid's results; ``settings`` lists the
     overrides of the preset the runs were trained with, ``unfinished`` the runs stopped before
-    their last epoch or not started (:func:`unfinished_runs`), listed apart from the tables."""
-    checks = claim_checks(results, mixers)
+    their last epoch or not started (:func:`unfinished_runs`), listed apart from the tables,
+    ``requested`` the grid's cells (:func:`grid_cells`; claims outside them are not checked)."""
+    checks = claim_checks(results, mixers, requested)
     lines = [
         '# Reproduction of arXiv 2509.17514 ("Achilles\' heel of Mamba")',
         "",
@@ -257,7 +275,7 @@ def render(
         f"* Command: `{command}`",
         f"* Preset: `{preset}`; seeds: {list(seeds)}; mixers: {list(mixers)}"
         + (f"; overrides: {', '.join(settings)}" if settings else ""),
-        f"* Runs trained on: {_trained_on(results)}",
+        f"* Runs trained on: {_trained_on(results, unfinished)}",
         f"* Report rendered on: {hardware()}",
         f"* Wall time of this invocation: {elapsed_s / 60:.1f} min (runs reused from an earlier "
         "invocation are not re-timed; each run's own time is in its metrics.json)",
@@ -299,8 +317,10 @@ def render(
             "## Unfinished runs (not in the tables)",
             "",
             "Runs of the grid that did not finish: stopped by a time limit before their last epoch "
-            "(shown with their last evaluation), or not started. The cells above average over the "
-            "seeds that finished (their 'seeds' column). An invocation that trains resumes each "
+            "(shown with their last evaluation), or not started. "
+            + ("The cells above average over the seeds that finished (their 'seeds' column). "
+               if results else "No run of this grid finished, so there are no tables of final accuracies. ")
+            + "An invocation that trains resumes each "
             "stopped run from the checkpoint in its run directory, or retrains it where only its "
             "metrics.json was kept.",
             "",
@@ -319,6 +339,9 @@ def render(
         "|---|---|---|---|",
     ]
     lines += [f"| {c['claim']} | {c['check']} | {c['values']} | {c['verdict']} |" for c in checks]
+    if not checks:
+        lines += ["", "No claim can be checked on this grid: each needs a variant or task it does not train "
+                  "(e.g. the forward control beside inverse matching)."]
     lines += ["", "## Where it disagrees with the paper", ""]
     bad = [c for c in checks if c["verdict"] == "disagrees"]
     unclear = [c for c in checks if c["verdict"].startswith("inconclusive")]
@@ -332,13 +355,16 @@ def render(
                 "far fewer epochs); a disagreement here may be under-training rather than a "
                 "contradiction. Re-run with `--preset paper` on a GPU before drawing conclusions.",
             ]
-    else:
+    elif [c for c in checks if c["verdict"] == "agrees"]:
         lines += ["No check disagrees with the paper at these thresholds."]
+    else:
+        lines += ["No check could be decided (see the claim checks above)."]
     if unclear:
         lines += ["", "Inconclusive (a precondition of the check does not hold; the reason is given):"]
         lines += [f"* {c['claim']} Measured: {c['values']} ({c['verdict']})." for c in unclear]
     if missing:
-        lines += ["", "Not run (cells missing from the grid): " + "; ".join(c["claim"] for c in missing)]
+        lines += ["", "Not run (a cell of the grid has no finished run):"]
+        lines += [f"* {c['claim']}" for c in missing]
     lines += [""]
     return "\n".join(lines)
 
@@ -353,6 +379,12 @@ def grid_runs(tasks: Sequence[str], mixers: Sequence[str], seeds: Sequence[int],
             for model, mixer in grid(models_for(task, models), mixers):
                 out.append((task, model, mixer, seed))
     return out
+
+
+def grid_cells(tasks: Sequence[str], mixers: Sequence[str],
+               models: Optional[Sequence[str]] = None) -> set[tuple[str, str]]:
+    """The grid's ``(task, variant label)`` cells, e.g. ``("inverse-matching", "mamba-mamba1")``."""
+    return {(task, variant_label(model, mixer)) for task, model, mixer, _ in grid_runs(tasks, mixers, [0], models)}
 
 
 def models_for(task: str, models: Optional[Sequence[str]] = None) -> list[str]:
@@ -518,7 +550,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.filler is not None:
         settings.append(f"matching-task fillers = {args.filler}")
     unfinished = unfinished_runs(runs, args.tasks, args.mixers, args.seeds, args.models)
-    text = render(results, args.mixers, args.seeds, preset, command, time.time() - t0, settings, unfinished)
+    text = render(results, args.mixers, args.seeds, preset, command, time.time() - t0, settings, unfinished,
+                  grid_cells(args.tasks, args.mixers, args.models))
     write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0
