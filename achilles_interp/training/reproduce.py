@@ -144,7 +144,8 @@ def claim_checks(results: dict, mixers: Sequence[str],
             "than standard Mamba on inverse matching.",
             f"mamba-noconv-{mx} test > {std} test + 0.1, counted only if mamba-noconv-{mx} learns the "
             f"forward control (test >= {LEARNED})",
-            [("inverse-matching", f"mamba-noconv-{mx}"), ("inverse-matching", std), ("forward-matching", f"mamba-noconv-{mx}")],
+            [("inverse-matching", f"mamba-noconv-{mx}"), ("inverse-matching", std),
+             ("forward-matching", f"mamba-noconv-{mx}")],
             {
                 "noconv": _mean(inv, f"mamba-noconv-{mx}", "test"),
                 "standard": _mean(inv, std, "test"),
