@@ -398,15 +398,17 @@ def test_reproduce_rejects_non_positive_numbers_before_writing(tmp_path, monkeyp
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--seeds", "-1", "--seeds must be >= 0, got [-1]"),
-    ("--preset", "bogus", "argument --preset: invalid choice: 'bogus'"),
+@pytest.mark.parametrize("flag, values, message", [
+    ("--seeds", ["-1"], "--seeds must be >= 0, got [-1]"),
+    # one seed twice would be two runs writing one run directory (concurrently under --jobs)
+    ("--seeds", ["1", "0", "1"], "--seeds has duplicates: [1, 0, 1]"),
+    ("--preset", ["bogus"], "argument --preset: invalid choice: 'bogus'"),
 ])
-def test_reproduce_rejects_bad_seed_or_preset_before_writing(tmp_path, capsys, flag, value, message):
+def test_reproduce_rejects_bad_seed_or_preset_before_writing(tmp_path, capsys, flag, values, message):
     from achilles_interp.training.reproduce import main as reproduce
 
     argv = ["--out", str(tmp_path / "repro.md"), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu",
-            "--tasks", "forward-matching", "--models", "transformer", flag, value]
+            "--tasks", "forward-matching", "--models", "transformer", flag, *values]
     with pytest.raises(SystemExit) as e:
         reproduce(argv)
     assert e.value.code == 2
@@ -443,6 +445,18 @@ def test_positive_settings_helper():
             positive_settings({name: bad})
     with pytest.raises(KeyError):
         positive_settings({"seed": 1})  # no rule for it: a programming error, not a user error
+
+
+def test_train_api_rejects_zero_sizes_instead_of_using_the_preset(tmp_path):
+    """``n_train=0`` used to fall back to the preset's size silently (``0 or preset``); every
+    size / count argument of :func:`train` is now checked by the shared rule, named as the
+    keyword argument, before anything is written."""
+    for name, bad in (("n_train", 0), ("n_eval", 0), ("batch_size", -4), ("epochs", 0), ("threads", 0),
+                      ("epochs", 2.5)):
+        out = tmp_path / f"{name}-{bad}"
+        with pytest.raises(ValueError, match=f"^{name} must be positive \\(an integer >= 1\\), got {bad}$"):
+            train("forward-matching", "mamba", out, preset=TINY, device="cpu", progress=False, **{name: bad})
+        assert not out.exists()
 
 
 def test_training_package_does_not_import_the_cli():

@@ -43,14 +43,15 @@ def register(sub, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import CLIError
     from ..training.compare import compare
+    from ..training.validation import check_seeds
     from .train import check_device, check_task, command_line, model_overrides
 
     check_task(args.task)
     check_device(args.device)
-    if any(s < 0 for s in args.seeds):
-        raise CLIError(f"--seeds must be >= 0, got {args.seeds}")
-    if len(set(args.seeds)) != len(args.seeds):
-        raise CLIError(f"--seeds has duplicates: {args.seeds}")
+    try:
+        check_seeds(args.seeds, "--seeds")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     command = command_line(args, "compare")
     doc = compare(
         args.task,

@@ -125,12 +125,15 @@ def run(args: argparse.Namespace) -> int:
     from achilles_interp.tasks import get_task
 
     from ..cli import CLIError
+    from ..training.validation import check_seeds
 
     t0 = time.time()
     if args.n < 2:
         raise CLIError(f"--n must be >= 2, got {args.n}")
-    if args.seed < 0:
-        raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        check_seeds(args.seed, "--seed")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if args.fusion_examples < 0 or args.fusion_probes < 1:
         raise CLIError("--fusion-examples must be >= 0 and --fusion-probes >= 1")
     try:

@@ -130,11 +130,14 @@ def register(sub, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import CLIError
     from ..training import train
+    from ..training.validation import check_seeds
 
     check_task(args.task)
     check_device(args.device)
-    if args.seed < 0:
-        raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        check_seeds(args.seed, "--seed")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     overrides = model_overrides(args)
     metrics = train(
         args.task,

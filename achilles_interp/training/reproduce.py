@@ -32,7 +32,7 @@ from ..outputs import write_text
 from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
 from .compare import compare, finished_run, fmt, grid, markdown_table, run_metrics, variant_label
 from .presets import PRESETS, get_preset
-from .validation import positive_settings
+from .validation import check_seeds, positive_settings
 
 MATCHING_MODELS = ["transformer", "mamba", "mamba-bypass-pe", "mamba-noconv"]
 COMPOSITE_MODELS = ["mamba", "mamba-ones", "mamba-pe"]
@@ -490,8 +490,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "n_eval", "threads")})
     except ValueError as e:
         ap.error(str(e))
-    if any(seed < 0 for seed in args.seeds):
-        ap.error(f"--seeds must be >= 0, got {args.seeds}")
+    try:
+        check_seeds(args.seeds, "--seeds")
+    except ValueError as e:
+        ap.error(str(e))
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.time_limit is not None and args.time_limit <= 0:

@@ -40,6 +40,7 @@ from ..tasks.base import answer_logits
 from ..zoo import build_model
 from .graphed_step import TrainStep, adapt_loaded_optimizer, make_optimizer
 from .presets import Preset, get_preset
+from .validation import check_seeds, positive_settings
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.json"
@@ -238,10 +239,11 @@ def train(
 
     t_start = time.time()
     out_dir = Path(out_dir)
+    # None = the preset's value; 0 or a negative value is an error, never a silent fallback
+    positive_settings({"epochs": epochs, "n_train": n_train, "n_eval": n_eval, "batch_size": batch_size,
+                       "threads": threads}, as_flags=False)
     if threads is not None:
-        if threads <= 0:
-            raise ValueError(f"threads must be a positive int, got {threads!r}")
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -251,23 +253,17 @@ def train(
     if use_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs device='cuda', got device={device!r}")
     p = preset if isinstance(preset, Preset) else get_preset(preset, str(dev))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seeds(seed, "seed")
     if mixer not in ("mamba1", "mamba2"):
         raise ValueError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
-    n_epochs = p.epochs if epochs is None else int(epochs)
-    if n_epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    n_epochs = p.epochs if epochs is None else epochs
     warmup = p.warmup_epochs * n_epochs / p.epochs
     mkw = p.model_kwargs(model_name, mixer)
     mkw.update(model_overrides or {})
     task_obj = resolve_task(task, mkw.get("n_layers", 2))
-    bs = int(batch_size or p.batch_size_for(task_obj.name))
-    n_tr = int(n_train or p.n_train)
-    n_ev = int(n_eval or p.n_eval)
-    for name, v in (("batch_size", bs), ("n_train", n_tr), ("n_eval", n_ev)):
-        if v <= 0:
-            raise ValueError(f"{name} must be positive, got {v}")
+    bs = p.batch_size_for(task_obj.name) if batch_size is None else batch_size
+    n_tr = p.n_train if n_train is None else n_train
+    n_ev = p.n_eval if n_eval is None else n_eval
 
     # ---- data and model (both deterministic in seed) ----------------------------------------
     seed_everything(seed)
