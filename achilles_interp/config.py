@@ -17,10 +17,17 @@ CONV_MODES = ("standard", "none", "bypass")
 CONV_KERNELS = ("learned", "ones")
 POS_EMBEDS = (None, "learned", "sinusoidal")
 BACKENDS = ("auto", "torch", "cuda")
+FANS = ("in", "out")  # init_fan: which fan d1 of the N(0, d1^(-2 gamma)) init is
 
 
 class ConfigError(ValueError):
     """A configuration value is outside what the model supports."""
+
+
+def check_init_fan(config: str, value: Any) -> None:
+    """``init_fan`` of ``config`` (a class name, for the message) must be one of :data:`FANS`."""
+    if value not in FANS:
+        raise ConfigError(f"{config}.init_fan must be one of {FANS}, got {value!r}")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -33,9 +40,16 @@ class SerialisableConfig:
     ``config.json`` so loaders can tell the families apart."""
 
     FORMAT: ClassVar[str] = ""
+    # Fields added after checkpoints were shipped: left out of the dict while they hold their
+    # default, so older config.json files and run records stay as they were (and older
+    # versions of the package can still load what this one writes).
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("init_fan",)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in self.OMIT_IF_DEFAULT and getattr(self, f.name) == f.default:
+                del d[f.name]
         d["format"] = self.FORMAT
         return d
 
@@ -81,6 +95,9 @@ class MambaConfig(SerialisableConfig):
         init_gamma: if set, every weight matrix W in R^{d1 x d2} (d1 = fan-in: ``in_features`` of a
             Linear, the vocabulary of an embedding read as one-hot @ W) is drawn from
             N(0, (1 / d1**gamma)**2); conv, A, D and dt parameters keep the Mamba initialisation.
+        init_fan: ``"in"`` (the paper's) or ``"out"``: d1 of ``init_gamma`` is the fan-out
+            (``out_features`` of a Linear, ``d_model`` for the embedding), as in a public
+            reproduction attempt that missed the paper's result.
 
     Numerics and compatibility with ``mamba_ssm`` / HF checkpoints: ``norm_eps``, ``rms_norm``,
     ``bias`` (in/out projections), ``conv_bias``, ``tie_embeddings``, ``pad_vocab_size_multiple``,
@@ -100,6 +117,7 @@ class MambaConfig(SerialisableConfig):
     headdim: int = 64
     ngroups: int = 1
     init_gamma: Optional[float] = None
+    init_fan: str = "in"
     conv_mode: str = "standard"
     conv_kernel: str = "learned"
     pos_embed: Optional[str] = None
@@ -137,6 +155,7 @@ class MambaConfig(SerialisableConfig):
             _check_positive_int("dt_rank", self.dt_rank)
         if self.init_gamma is not None and not (isinstance(self.init_gamma, (int, float)) and self.init_gamma > 0):
             raise ConfigError(f"MambaConfig.init_gamma must be None or a positive number, got {self.init_gamma!r}")
+        check_init_fan("MambaConfig", self.init_fan)
         self.dt_limit = tuple(float(v) for v in self.dt_limit)
         if len(self.dt_limit) != 2 or not self.dt_limit[0] <= self.dt_limit[1]:
             raise ConfigError(f"MambaConfig.dt_limit must be (low, high) with low <= high, got {self.dt_limit!r}")

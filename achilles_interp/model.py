@@ -22,6 +22,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import BACKENDS, MambaConfig
+from .initialisation import paper_std
 from .inputs import InputError, validate_tokens
 from .kernels import cuda_ops
 from .mamba1 import HookedMamba1Mixer
@@ -137,7 +138,8 @@ class HookedMamba(HookedRootModule):
 
     # ---- construction --------------------------------------------------------------------
     def _init_weights(self) -> None:
-        """mamba_ssm's MambaLMHeadModel init, or the paper's N(0, d1^(-2 gamma)) if init_gamma."""
+        """mamba_ssm's MambaLMHeadModel init, or the paper's N(0, d1^(-2 gamma)) if init_gamma
+        (d1 = fan-in, or fan-out with ``init_fan="out"``; :mod:`achilles_interp.initialisation`)."""
         cfg = self.cfg
         with torch.no_grad():
             nn.init.normal_(self.backbone.embedding.weight, std=0.02)
@@ -150,13 +152,10 @@ class HookedMamba(HookedRootModule):
                     p.zero_()
             if cfg.init_gamma is not None:
                 for module in self.modules():
-                    if isinstance(module, nn.Linear):
-                        fan_in = module.weight.shape[1]
-                        if module is self.lm_head and cfg.tie_embeddings:
-                            continue
-                        module.weight.normal_(0.0, fan_in ** -cfg.init_gamma)
-                    elif isinstance(module, nn.Embedding):
-                        module.weight.normal_(0.0, module.weight.shape[0] ** -cfg.init_gamma)
+                    if isinstance(module, nn.Linear) and module is self.lm_head and cfg.tie_embeddings:
+                        continue
+                    if isinstance(module, (nn.Linear, nn.Embedding)):
+                        module.weight.normal_(0.0, paper_std(module, cfg.init_gamma, cfg.init_fan))
 
     def setup(self) -> None:
         """Name hook points TransformerLens-style (``blocks.{i}...``) while parameters keep the

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .config import ConfigError, SerialisableConfig
+from .config import ConfigError, SerialisableConfig, check_init_fan
+from .initialisation import paper_std
 from .inputs import validate_tokens
 from .model import check_return_type, model_output, sinusoidal_table
 from .reference_ops import causal_conv1d_ref
@@ -72,6 +73,9 @@ class TransformerConfig(SerialisableConfig):
         init_gamma: if set, every Linear weight W (fan-in d1) and the embeddings (d1 = vocab /
             max_len) are drawn from N(0, (d1 ** -gamma) ** 2), the paper's initialisation; else
             GPT-2's N(0, 0.02 ** 2). Biases start at zero, LayerNorms at (1, 0).
+        init_fan: ``"in"`` (the paper's) or ``"out"``: d1 of ``init_gamma`` is the fan-out
+            (``out_features``; ``d_model`` for the embeddings), as in a public reproduction
+            attempt that missed the paper's result.
         qkv_conv: None, or the width k (tokens) of a causal depthwise conv on Q, K and V.
         d_head: per-head width; None = d_model // n_heads.
         ln_eps: LayerNorm epsilon.
@@ -85,6 +89,7 @@ class TransformerConfig(SerialisableConfig):
     max_len: int = 2048
     pos_embed: Optional[str] = "learned"
     init_gamma: Optional[float] = None
+    init_fan: str = "in"
     qkv_conv: Optional[int] = None
     d_head: Optional[int] = None
     ln_eps: float = 1e-5
@@ -128,6 +133,7 @@ class TransformerConfig(SerialisableConfig):
             raise ConfigError(
                 f"TransformerConfig.init_gamma must be None or a positive number, got {self.init_gamma!r}"
             )
+        check_init_fan("TransformerConfig", self.init_fan)
 
 
 class CausalDepthwiseConv(nn.Module):
@@ -242,18 +248,16 @@ class HookedTransformerBaseline(HookedRootModule):
         self.setup()
 
     def _init_weights(self) -> None:
-        """GPT-2 N(0, 0.02^2), or the paper's N(0, d1^(-2 gamma)) with d1 the fan-in if init_gamma."""
+        """GPT-2 N(0, 0.02^2), or the paper's N(0, d1^(-2 gamma)) if init_gamma (d1 = fan-in, or
+        fan-out with ``init_fan="out"``; :mod:`achilles_interp.initialisation`)."""
         g = self.cfg.init_gamma
         with torch.no_grad():
             for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    std = 0.02 if g is None else module.weight.shape[1] ** -g
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    std = 0.02 if g is None else paper_std(module, g, self.cfg.init_fan)
                     module.weight.normal_(0.0, std)
-                    if module.bias is not None:
-                        module.bias.zero_()
-                elif isinstance(module, nn.Embedding):
-                    std = 0.02 if g is None else module.weight.shape[0] ** -g
-                    module.weight.normal_(0.0, std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    module.bias.zero_()
 
     @property
     def device(self) -> torch.device:

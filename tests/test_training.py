@@ -311,13 +311,15 @@ def test_reproduce_grid_is_seed_major_with_one_transformer_per_task():
 
 
 def test_reproduce_parallel_runs_with_overrides(tmp_path):
-    """--jobs trains one child process per run; --init-gamma / --n-layers / --filler reach every run."""
+    """--jobs trains one child process per run; --init-gamma / --init-fan / --n-layers / --filler reach
+    every run."""
     from achilles_interp.training.reproduce import main as reproduce
 
     md = tmp_path / "repro.md"
     argv = ["--out", str(md), "--runs-dir", str(tmp_path / "runs"), "--preset", "quick", "--seeds", "0",
             "--mixers", "mamba2", "--tasks", "inverse-matching", "--models", "transformer", "mamba-noconv",
-            "--init-gamma", "0.75", "--n-layers", "3", "--filler", "numbers", "--jobs", "2", "--epochs", "1",
+            "--init-gamma", "0.75", "--init-fan", "out", "--n-layers", "3", "--filler", "numbers", "--jobs", "2",
+            "--epochs", "1",
             "--n-train", "32",
             "--n-eval", "16", "--d-model", "16", "--threads", "1", "--device", "cpu", "--no-progress"]
     assert reproduce(argv) == 0
@@ -327,11 +329,13 @@ def test_reproduce_parallel_runs_with_overrides(tmp_path):
         metrics = json.loads((runs / label / "seed0" / "metrics.json").read_text())
         cfg = metrics["run"]["model_config"]
         assert metrics["complete"] and cfg["init_gamma"] == 0.75 and cfg["n_layers"] == 3
+        assert cfg["init_fan"] == "out"
     res = json.loads((runs / "results.json").read_text())
     assert res["task"] == "inverse-matching" and "filler='numbers'" in res["task_repr"]
     assert "n_layers=3" in res["task_repr"]  # 9 filler tokens: the task follows the depth
     text = md.read_text()
-    assert "overrides: d_model = 16, n_layers = 3, init_gamma = 0.75, matching-task fillers = numbers" in text
+    assert ("overrides: d_model = 16, n_layers = 3, init_gamma = 0.75, init_fan = out, "
+            "matching-task fillers = numbers") in text
     assert "| mamba-noconv-mamba2 | 1 |" in text
 
 

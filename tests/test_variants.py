@@ -74,6 +74,38 @@ def test_init_gamma_sets_weight_scale():
     assert abs(w2.std().item() - 128 ** -1.0) < 0.1 * 128 ** -1.0
 
 
+@pytest.mark.parametrize("family", ["mamba", "transformer"])
+def test_init_fan_out_uses_the_fan_out(family):
+    """init_fan="out": d1 is out_features of a Linear and d_model for the embedding (an embedding
+    is one-hot @ W, W in R^{vocab x d_model}); the default is the paper's fan-in. Checked against
+    the shapes, not against the code's own helper."""
+    from achilles_interp.config import ConfigError
+    from achilles_interp.zoo import build_model
+
+    d_model, vocab, gamma = 64, 200, 0.5
+    for fan in ("in", "out"):
+        torch.manual_seed(0)
+        model = build_model(family, vocab_size=vocab, max_len=32, d_model=d_model, d_state=8, headdim=16,
+                            init_gamma=gamma, init_fan=fan, backend="torch")
+        embed = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.numel() >= 2000
+                   and m.weight is not embed.weight]  # a head tied to the embedding is the embedding
+        assert linears
+        for m in linears:
+            out_f, in_f = m.weight.shape
+            d1 = in_f if fan == "in" else out_f
+            assert abs(m.weight.std().item() - d1 ** -gamma) < 0.1 * d1 ** -gamma, (fan, tuple(m.weight.shape))
+        d1 = vocab if fan == "in" else d_model
+        assert abs(embed.weight.std().item() - d1 ** -gamma) < 0.1 * d1 ** -gamma
+        d = model.cfg.to_dict()
+        # the default is left out of config.json, so checkpoints written before the field existed
+        # and those written now with the paper's init look the same
+        assert ("init_fan" in d) == (fan == "out")
+        assert type(model.cfg).from_dict(d).init_fan == fan
+    with pytest.raises(ConfigError, match=r"init_fan must be one of \('in', 'out'\), got 'sideways'"):
+        build_model(family, vocab_size=vocab, max_len=32, d_model=d_model, init_fan="sideways")
+
+
 def test_positional_model_rejects_too_long_input():
     from achilles_interp import InputError
     with pytest.raises(InputError, match="exceeds max_len=32"):

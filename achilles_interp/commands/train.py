@@ -31,6 +31,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         help="override the initialisation exponent gamma (weights ~ N(0, fan_in^(-2 gamma)))",
     )
     p.add_argument(
+        "--init-fan",
+        default=None,
+        choices=["in", "out"],
+        help="which fan d1 the initialisation N(0, d1^(-2 gamma)) uses: in (the paper's, default) or out "
+        "(as a public reproduction attempt did)",
+    )
+    p.add_argument(
         "--pos-embed",
         default=None,
         choices=["sinusoidal", "learned"],
@@ -63,8 +70,9 @@ def model_overrides(args: argparse.Namespace) -> dict:
         positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "batch_size", "threads")})
     except ValueError as e:
         raise CLIError(str(e)) from None
-    if args.pos_embed is not None:
-        out["pos_embed"] = args.pos_embed
+    for name in ("init_fan", "pos_embed"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
     return out
 
 

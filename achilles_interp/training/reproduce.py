@@ -402,7 +402,7 @@ def _train_in_parallel(args, preset: str, device: str) -> None:
     import subprocess
 
     forwarded = []
-    for flag in ("epochs", "n_train", "n_eval", "d_model", "n_layers", "threads", "init_gamma", "filler"):
+    for flag in ("epochs", "n_train", "n_eval", "d_model", "n_layers", "threads", "init_gamma", "init_fan", "filler"):
         value = getattr(args, flag)
         if value is not None:
             forwarded += [f"--{flag.replace('_', '-')}", str(value)]
@@ -464,6 +464,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="restrict the grid to these variants (default: all of each task's)")
     ap.add_argument("--init-gamma", type=float, default=None,
                     help="override the preset's init_gamma (weights ~ N(0, fan_in^(-2 gamma))) in every model")
+    ap.add_argument("--init-fan", default=None, choices=["in", "out"],
+                    help="which fan d1 the initialisation N(0, d1^(-2 gamma)) uses in every model: in (the "
+                         "paper's, default) or out (as a public reproduction attempt did)")
     ap.add_argument("--filler", default=None, choices=list(FILLERS),
                     help="inverse/forward matching fillers: reserved ids (special, the default) or numbers "
                          "outside the row's three")
@@ -490,6 +493,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "n_eval", "threads")})
     except ValueError as e:
         ap.error(str(e))
+    if args.init_fan is not None:
+        overrides["init_fan"] = args.init_fan
     try:
         check_seeds(args.seeds, "--seeds")
     except ValueError as e:
