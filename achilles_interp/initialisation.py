@@ -4,7 +4,7 @@
 instead: not the paper's, it is there to test a public reproduction attempt that initialised that
 way (see ``docs/paper_followups/README.md``).
 
-Fans, reading every weight as the matrix of a map ``x -> x @ W``:
+Fans (inputs and outputs of the map each weight applies):
 
 * ``nn.Linear`` weight ``[out_features, in_features]``: fan-in ``in_features``, fan-out
   ``out_features``;
