@@ -41,17 +41,13 @@ def register(sub, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
     from ..training.compare import compare
     from ..training.validation import check_seeds
     from .train import check_device, check_task, command_line, model_overrides
 
     check_task(args.task)
     check_device(args.device)
-    try:
-        check_seeds(args.seeds, "--seeds")
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    check_seeds(args.seeds, "--seeds")
     command = command_line(args, "compare")
     doc = compare(
         args.task,

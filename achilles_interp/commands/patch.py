@@ -130,16 +130,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.n < 2:
         raise CLIError(f"--n must be >= 2, got {args.n}")
-    try:
-        check_seeds(args.seed, "--seed")
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    check_seeds(args.seed, "--seed")
     if args.fusion_examples < 0 or args.fusion_probes < 1:
         raise CLIError("--fusion-examples must be >= 0 and --fusion-probes >= 1")
-    try:
-        components = check_components(args.components)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    components = check_components(args.components)
     if args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)

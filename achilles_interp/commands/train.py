@@ -61,15 +61,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def model_overrides(args: argparse.Namespace) -> dict:
     """The model overrides given on the command line, after checking that they and the other
     numeric settings of :func:`add_common_args` are positive (rules in
-    :mod:`achilles_interp.training.validation`); a bad one is a :class:`CLIError`."""
-    from ..cli import CLIError
+    :mod:`achilles_interp.training.validation`); a bad one raises that module's ``ValueError``,
+    which :func:`achilles_interp.cli.main` prints as a one-line usage error like a ``CLIError``."""
     from ..training.validation import positive_settings
 
-    try:
-        out = positive_settings({k: getattr(args, k) for k in ("n_layers", "d_model", "init_gamma")})
-        positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "batch_size", "threads")})
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    out = positive_settings({k: getattr(args, k) for k in ("n_layers", "d_model", "init_gamma")})
+    positive_settings({k: getattr(args, k) for k in ("epochs", "n_train", "batch_size", "threads")})
     for name in ("init_fan", "pos_embed"):
         if getattr(args, name) is not None:
             out[name] = getattr(args, name)
@@ -136,16 +133,12 @@ def register(sub, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
     from ..training import train
     from ..training.validation import check_seeds
 
     check_task(args.task)
     check_device(args.device)
-    try:
-        check_seeds(args.seed, "--seed")
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    check_seeds(args.seed, "--seed")
     overrides = model_overrides(args)
     metrics = train(
         args.task,
