@@ -80,9 +80,7 @@ def claim_checks(results: dict, mixers: Sequence[str],
     has no finished run). ``requested``: the grid's ``(task, variant label)`` cells
     (:func:`grid_cells`); a claim that needs a cell outside them is left out rather than reported
     "not run", since that grid never asked for it (e.g. ``--models mamba`` trains no Transformer)."""
-    inv = results.get("inverse-matching", {}).get("summary", {})
-    fwd = results.get("forward-matching", {}).get("summary", {})
-    comp = results.get("composite", {}).get("summary", {})
+    INV, FWD, COMP = "inverse-matching", "forward-matching", "composite"
     checks = []
 
     def neither(compositional, symmetric):
@@ -90,9 +88,13 @@ def claim_checks(results: dict, mixers: Sequence[str],
             return f"the model gives either answer on only {compositional + symmetric:.2f} of the examples"
         return None
 
-    def add(claim: str, check: str, cells: Sequence[tuple[str, str]], values: dict, ok, inconclusive=None):
-        if requested is not None and not set(cells) <= requested:
+    def add(claim: str, check: str, cells: dict, ok, inconclusive=None):
+        """``cells``: each measured value's name -> ``(task, variant label, split[, extra metric])``;
+        the claim is skipped when a cell is outside ``requested``."""
+        if requested is not None and not {cell[:2] for cell in cells.values()} <= requested:
             return
+        values = {name: _mean(results.get(task, {}).get("summary", {}), label, *metric)
+                  for name, (task, label, *metric) in cells.items()}
         if any(v is None for v in values.values()):
             verdict = "not run"
         elif inconclusive is not None and (reason := inconclusive(**values)):
@@ -105,18 +107,16 @@ def claim_checks(results: dict, mixers: Sequence[str],
     add(
         "The Transformer solves inverse sequence matching.",
         f"transformer test accuracy >= {SOLVES}",
-        [("inverse-matching", "transformer")],
-        {"transformer test": _mean(inv, "transformer", "test")},
+        {"transformer test": (INV, "transformer", "test")},
         lambda **v: v["transformer test"] >= SOLVES,
     )
     for mx in mixers:
-        std, fix = f"mamba-{mx}", f"mamba-bypass-pe-{mx}"
+        std, fix, noconv = f"mamba-{mx}", f"mamba-bypass-pe-{mx}", f"mamba-noconv-{mx}"
         add(
             f"Standard Mamba ({mx}) fails inverse sequence matching (near chance, 0.2).",
             f"{std} inverse test accuracy <= {NEAR_CHANCE}, counted only if its forward-control test "
             f"accuracy >= {LEARNED} (else an untrained model would 'fail' too)",
-            [("inverse-matching", std), ("forward-matching", std)],
-            {"inverse": _mean(inv, std, "test"), "forward": _mean(fwd, std, "test")},
+            {"inverse": (INV, std, "test"), "forward": (FWD, std, "test")},
             lambda **v: v["inverse"] <= NEAR_CHANCE,
             lambda **v: None if v["forward"] >= LEARNED else "the forward control is not learned either",
         )
@@ -124,16 +124,14 @@ def claim_checks(results: dict, mixers: Sequence[str],
             f"The failure is specific to reversal: standard Mamba ({mx}) learns the forward-matching "
             "control.",
             f"{std} forward test >= {SOLVES} and inverse test <= {NEAR_CHANCE}",
-            [("forward-matching", std), ("inverse-matching", std)],
-            {"forward": _mean(fwd, std, "test"), "inverse": _mean(inv, std, "test")},
+            {"forward": (FWD, std, "test"), "inverse": (INV, std, "test")},
             lambda **v: v["forward"] >= SOLVES and v["inverse"] <= NEAR_CHANCE,
         )
         add(
             f"Conv bypass + positional encoding fixes Mamba ({mx}) on inverse matching.",
             f"{fix} test >= {SOLVES} and >= {std} test + {FIX_MARGIN}, counted only if {std} fails "
             f"(test <= {NEAR_CHANCE})",
-            [("inverse-matching", fix), ("inverse-matching", std)],
-            {"fix": _mean(inv, fix, "test"), "standard": _mean(inv, std, "test")},
+            {"fix": (INV, fix, "test"), "standard": (INV, std, "test")},
             lambda **v: v["fix"] >= SOLVES and v["fix"] >= v["standard"] + FIX_MARGIN,
             lambda **v: None if v["standard"] <= NEAR_CHANCE else (
                 f"standard Mamba does not fail here ({v['standard']:.3f}), so there is no failure to fix; "
@@ -142,15 +140,10 @@ def claim_checks(results: dict, mixers: Sequence[str],
         add(
             f"The conv, not the SSM, causes the failure (our reading): removing the conv ({mx}) does better "
             "than standard Mamba on inverse matching.",
-            f"mamba-noconv-{mx} test > {std} test + 0.1, counted only if mamba-noconv-{mx} learns the "
+            f"{noconv} test > {std} test + 0.1, counted only if {noconv} learns the "
             f"forward control (test >= {LEARNED})",
-            [("inverse-matching", f"mamba-noconv-{mx}"), ("inverse-matching", std),
-             ("forward-matching", f"mamba-noconv-{mx}")],
-            {
-                "noconv": _mean(inv, f"mamba-noconv-{mx}", "test"),
-                "standard": _mean(inv, std, "test"),
-                "noconv forward": _mean(fwd, f"mamba-noconv-{mx}", "test"),
-            },
+            {"noconv": (INV, noconv, "test"), "standard": (INV, std, "test"),
+             "noconv forward": (FWD, noconv, "test")},
             lambda **v: v["noconv"] > v["standard"] + 0.1,
             lambda **v: None if v["noconv forward"] >= LEARNED else (
                 "without the conv (and without positional encoding) the model learns the forward control "
@@ -160,8 +153,7 @@ def claim_checks(results: dict, mixers: Sequence[str],
         add(
             f"Standard Mamba ({mx}) favours the compositional solution on the held-out composite pair.",
             f"{std}: rate(compositional) > rate(symmetric) on split test",
-            [("composite", std)],
-            {"compositional": _mean(comp, std, "test", c), "symmetric": _mean(comp, std, "test", s)},
+            {"compositional": (COMP, std, "test", c), "symmetric": (COMP, std, "test", s)},
             lambda **v: v["compositional"] > v["symmetric"],
             neither,
         )
@@ -170,11 +162,8 @@ def claim_checks(results: dict, mixers: Sequence[str],
             add(
                 f"{change} ({mx}) makes Mamba favour the symmetric solution.",
                 f"{variant}-{mx}: rate(symmetric) > rate(compositional) on split test",
-                [("composite", f"{variant}-{mx}")],
-                {
-                    "compositional": _mean(comp, f"{variant}-{mx}", "test", c),
-                    "symmetric": _mean(comp, f"{variant}-{mx}", "test", s),
-                },
+                {"compositional": (COMP, f"{variant}-{mx}", "test", c),
+                 "symmetric": (COMP, f"{variant}-{mx}", "test", s)},
                 lambda **v: v["symmetric"] > v["compositional"],
                 neither,
             )
@@ -356,7 +345,7 @@ def render(
                 "far fewer epochs); a disagreement here may be under-training rather than a "
                 "contradiction. Re-run with `--preset paper` on a GPU before drawing conclusions.",
             ]
-    elif [c for c in checks if c["verdict"] == "agrees"]:
+    elif any(c["verdict"] == "agrees" for c in checks):
         lines += ["No check disagrees with the paper at these thresholds."]
     else:
         lines += ["No check could be decided (see the claim checks above)."]
