@@ -152,7 +152,7 @@ class HookedMamba(HookedRootModule):
                     p.zero_()
             if cfg.init_gamma is not None:
                 for module in self.modules():
-                    if isinstance(module, nn.Linear) and module is self.lm_head and cfg.tie_embeddings:
+                    if module is self.lm_head and cfg.tie_embeddings:
                         continue
                     if isinstance(module, (nn.Linear, nn.Embedding)):
                         module.weight.normal_(0.0, paper_std(module, cfg.init_gamma, cfg.init_fan))

@@ -8,6 +8,7 @@ import sys
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``compare``."""
+    from ..config import FANS
     from ..training.presets import PRESETS
 
     p.add_argument(
@@ -33,7 +34,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init-fan",
         default=None,
-        choices=["in", "out"],
+        choices=list(FANS),
         help="which fan d1 the initialisation N(0, d1^(-2 gamma)) uses: in (the paper's, default) or out "
         "(as a public reproduction attempt did)",
     )

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..config import FANS
 from ..outputs import write_text
 from ..tasks.inverse_matching import FILLERS, InverseMatchingTask
 from .compare import compare, finished_run, fmt, grid, markdown_table, run_metrics, variant_label
@@ -453,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="restrict the grid to these variants (default: all of each task's)")
     ap.add_argument("--init-gamma", type=float, default=None,
                     help="override the preset's init_gamma (weights ~ N(0, fan_in^(-2 gamma))) in every model")
-    ap.add_argument("--init-fan", default=None, choices=["in", "out"],
+    ap.add_argument("--init-fan", default=None, choices=list(FANS),
                     help="which fan d1 the initialisation N(0, d1^(-2 gamma)) uses in every model: in (the "
                          "paper's, default) or out (as a public reproduction attempt did)")
     ap.add_argument("--filler", default=None, choices=list(FILLERS),
