@@ -8,25 +8,36 @@ pre-LayerNorm GPT built directly on :class:`transformer_lens.HookedRootModule` +
 and the hook names follow TransformerLens's ``HookedTransformer`` conventions so analysis code
 written for either reads the same.
 
-Architecture (per block, pre-norm)::
+Architecture (per block; ``norm="pre"``, the default, a GPT-2 block)::
 
     resid_pre -> LN1 -> attention -> attn_out;  resid_mid = resid_pre + attn_out
-    resid_mid -> LN2 -> MLP (GELU) -> mlp_out;  resid_post = resid_mid + mlp_out   (no MLP if d_mlp is None)
+    resid_mid -> LN2 -> MLP (act) -> mlp_out;   resid_post = resid_mid + mlp_out   (no MLP if d_mlp is None)
+
+and with ``norm="post"`` (the original Transformer, as the paper's figure draws its baseline)::
+
+    resid_mid = LN1(resid_pre + attention(resid_pre));  resid_post = LN2(resid_mid + MLP(resid_mid))
+
+with no final LayerNorm (each block already ends in one). The paper's baseline (appendix,
+inverse matching): d_model 128, one head, Q/K width 128 (``d_head``), V width 256
+(``d_value``, "a 2x expansion when generating value vectors, mirroring Mamba"), FFN hidden 128
+(``d_mlp``) with SiLU (``act="silu"``), post-LN.
 
 Hook names and shapes (``b`` batch, ``p`` positions, ``h`` heads, ``d`` d_head)::
 
     hook_embed                       [b, p, d_model]   token embedding
     hook_pos_embed                   [b, p, d_model]   positional encoding added to it
     blocks.{i}.hook_resid_pre        [b, p, d_model]
-    blocks.{i}.attn.hook_q/k/v       [b, p, h, d]      what enters attention (after qkv_conv if set)
+    blocks.{i}.attn.hook_q/k         [b, p, h, d]      what enters attention (after qkv_conv if set)
+    blocks.{i}.attn.hook_v           [b, p, h, d_v]
     blocks.{i}.attn.hook_attn_scores [b, h, p_q, p_k]  q.k / sqrt(d), -inf above the diagonal
     blocks.{i}.attn.hook_pattern     [b, h, p_q, p_k]  softmax of the scores (rows sum to 1)
-    blocks.{i}.attn.hook_z           [b, p, h, d]      pattern-weighted values
+    blocks.{i}.attn.hook_z           [b, p, h, d_v]    pattern-weighted values (d_v = d_value)
     blocks.{i}.hook_attn_out         [b, p, d_model]
     blocks.{i}.hook_resid_mid        [b, p, d_model]
     blocks.{i}.hook_mlp_out          [b, p, d_model]   (only when d_mlp is not None)
     blocks.{i}.hook_resid_post       [b, p, d_model]
-    hook_resid_final                 [b, p, d_model]   final LayerNorm output (what the unembed reads)
+    hook_resid_final                 [b, p, d_model]   what the unembed reads (final LayerNorm output;
+                                                       the last block's output when norm="post")
 
 ``qkv_conv=k`` adds a causal depthwise convolution of width ``k`` (tokens) on each of Q, K and
 V after their projections - the paper's "Transformer + conv" control, which gives attention the
@@ -55,6 +66,8 @@ from .reference_ops import causal_conv1d_ref
 
 FORMAT = "achilles-interp-transformer"
 TF_POS_EMBEDS = ("learned", "sinusoidal", None)
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
+NORMS = ("pre", "post")
 
 
 @dataclass
@@ -77,7 +90,11 @@ class TransformerConfig(SerialisableConfig):
             (``out_features``; ``d_model`` for the embeddings), as in a public reproduction
             attempt that missed the paper's result.
         qkv_conv: None, or the width k (tokens) of a causal depthwise conv on Q, K and V.
-        d_head: per-head width; None = d_model // n_heads.
+        d_head: per-head query/key width; None = d_model // n_heads.
+        d_value: per-head value width; None = d_head.
+        act: MLP activation, ``"gelu"`` (default) or ``"silu"`` (the paper's).
+        norm: ``"pre"`` (default: LayerNorm before each sublayer, plus a final LayerNorm) or
+            ``"post"`` (LayerNorm after each residual addition, no final LayerNorm).
         ln_eps: LayerNorm epsilon.
     """
 
@@ -93,9 +110,13 @@ class TransformerConfig(SerialisableConfig):
     qkv_conv: Optional[int] = None
     d_head: Optional[int] = None
     ln_eps: float = 1e-5
+    d_value: Optional[int] = None
+    act: str = "gelu"
+    norm: str = "pre"
     extra: dict = field(default_factory=dict)
 
     FORMAT: ClassVar[str] = FORMAT
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("init_fan", "d_value", "act", "norm")
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "vocab_size", "max_len"):
@@ -134,6 +155,19 @@ class TransformerConfig(SerialisableConfig):
                 f"TransformerConfig.init_gamma must be None or a positive number, got {self.init_gamma!r}"
             )
         check_init_fan("TransformerConfig", self.init_fan)
+        if self.d_value is not None and (
+            isinstance(self.d_value, bool) or not isinstance(self.d_value, int) or self.d_value <= 0
+        ):
+            raise ConfigError(f"TransformerConfig.d_value must be None or a positive int, got {self.d_value!r}")
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"TransformerConfig.act must be one of {tuple(ACTIVATIONS)}, got {self.act!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"TransformerConfig.norm must be one of {NORMS}, got {self.norm!r}")
+
+    @property
+    def value_width(self) -> int:
+        """Per-head value width: ``d_value``, or ``d_head`` when unset."""
+        return self.d_head if self.d_value is None else self.d_value
 
 
 class CausalDepthwiseConv(nn.Module):
@@ -157,34 +191,34 @@ class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        hd = cfg.n_heads * cfg.d_head
+        hd, hv = cfg.n_heads * cfg.d_head, cfg.n_heads * cfg.value_width
         self.W_Q = nn.Linear(cfg.d_model, hd)
         self.W_K = nn.Linear(cfg.d_model, hd)
-        self.W_V = nn.Linear(cfg.d_model, hd)
-        self.W_O = nn.Linear(hd, cfg.d_model)
+        self.W_V = nn.Linear(cfg.d_model, hv)
+        self.W_O = nn.Linear(hv, cfg.d_model)
         if cfg.qkv_conv is not None:
             self.conv_q = CausalDepthwiseConv(hd, cfg.qkv_conv)
             self.conv_k = CausalDepthwiseConv(hd, cfg.qkv_conv)
-            self.conv_v = CausalDepthwiseConv(hd, cfg.qkv_conv)
+            self.conv_v = CausalDepthwiseConv(hv, cfg.qkv_conv)
         for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
             setattr(self, name, HookPoint())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[b, p, d_model]`` (normed residual) -> ``[b, p, d_model]``."""
         b, p, _ = x.shape
-        h, d = self.cfg.n_heads, self.cfg.d_head
+        h, d, dv = self.cfg.n_heads, self.cfg.d_head, self.cfg.value_width
         q, k, v = self.W_Q(x), self.W_K(x), self.W_V(x)
         if self.cfg.qkv_conv is not None:
             q, k, v = self.conv_q(q), self.conv_k(k), self.conv_v(v)
         q = self.hook_q(q.view(b, p, h, d))
         k = self.hook_k(k.view(b, p, h, d))
-        v = self.hook_v(v.view(b, p, h, d))
+        v = self.hook_v(v.view(b, p, h, dv))
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
         mask = torch.ones(p, p, dtype=torch.bool, device=x.device).triu(1)
         scores = self.hook_attn_scores(scores.masked_fill(mask, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(v.dtype))
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
-        return self.W_O(z.reshape(b, p, h * d))
+        return self.W_O(z.reshape(b, p, h * dv))
 
 
 class MLP(nn.Module):
@@ -192,10 +226,11 @@ class MLP(nn.Module):
         super().__init__()
         self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model)
-        self.hook_post = HookPoint()  # [b, p, d_mlp] activation after GELU
+        self.act = ACTIVATIONS[cfg.act]
+        self.hook_post = HookPoint()  # [b, p, d_mlp] activation after the nonlinearity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.W_out(self.hook_post(F.gelu(self.W_in(x))))
+        return self.W_out(self.hook_post(self.act(self.W_in(x))))
 
 
 class TransformerBlock(nn.Module):
@@ -212,8 +247,15 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_resid_post = HookPoint()
 
+        self.post_norm = cfg.norm == "post"
+
     def forward(self, resid: torch.Tensor) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
+        if self.post_norm:
+            resid = self.hook_resid_mid(self.ln1(resid + self.hook_attn_out(self.attn(resid))))
+            if self.mlp is not None:
+                resid = self.ln2(resid + self.hook_mlp_out(self.mlp(resid)))
+            return self.hook_resid_post(resid)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(self.ln1(resid))))
         if self.mlp is not None:
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
@@ -238,7 +280,8 @@ class HookedTransformerBaseline(HookedRootModule):
         elif cfg.pos_embed == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        # post-LN blocks end in a LayerNorm already: no final one
+        self.ln_final = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.norm == "pre" else nn.Identity()
         self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.hook_embed = HookPoint()
         if cfg.pos_embed is not None:

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         command=command,
         threads=args.threads,
         cuda_graph=False if args.no_cuda_graph else None,
+        task_format=args.task_format,
     )
     from ..training.compare import markdown_table
 

@@ -20,6 +20,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", *PRESETS],
         help="training recipe: paper (GPU), quick (CPU, < 3 min), ship; auto = paper on a GPU, else quick",
     )
+    p.add_argument(
+        "--task-format",
+        default=None,
+        choices=["paper", "special-tokens"],
+        help="token format of the matching and composite tasks: paper (default; every token a number) or "
+        "special-tokens (reserved separator/filler ids, our earlier reading)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     p.add_argument("--n-train", type=int, default=None, help="override the training-set size (examples)")
     p.add_argument("--batch-size", type=int, default=None, help="override the batch size")
@@ -158,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         cuda_graph=False if args.no_cuda_graph else None,
         command=command_line(args, "train"),
+        task_format=args.task_format,
     )
     final = metrics["final"]
     acc = ", ".join(f"{s} {a:.3f}" for s, a in final["accuracy"].items())

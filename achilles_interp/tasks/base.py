@@ -161,6 +161,7 @@ class Task(ABC):
         label_tokens: ``LongTensor [c]`` of candidate answer ids (for logit differences and
             restricted-vocabulary accuracy).
         special_tokens: name -> id (or ``(lo, hi)`` inclusive id range) of every token family.
+        changes: names of the clean/corrupted changes the task offers; the first is the default.
     """
 
     name: ClassVar[str] = "task"
@@ -169,6 +170,7 @@ class Task(ABC):
     seq_len: int
     label_tokens: torch.Tensor
     special_tokens: dict[str, Any]
+    changes: tuple[str, ...] = ("default",)
 
     # ------------------------------------------------------------- public API
     def generate(self, n: int, seed: int = 0, split: str = "train") -> TaskBatch:
@@ -183,9 +185,12 @@ class Task(ABC):
         return self._generate(n, rng, split)
 
     def clean_corrupted_pairs(
-        self, n: int, seed: int = 0, split: str = "test"
+        self, n: int, seed: int = 0, split: str = "test", change: str | None = None
     ) -> tuple[TaskBatch, TaskBatch, dict]:
         """``n`` (clean, corrupted) pairs that differ by one controlled change (see the task docstring).
+
+        Args:
+            change: which change (one of :attr:`changes`; None = the first, the task's default).
 
         Returns:
             ``(clean, corrupted, info)``; ``clean`` and ``corrupted`` have the same shape.  ``info``
@@ -194,8 +199,14 @@ class Task(ABC):
             the changed positions, ``[n, d]``), ``"clean_labels"`` and ``"corrupted_labels"``
             (same shape as ``labels``).  ``corrupted.labels == info["corrupted_labels"]``.
         """
-        rng = self._rng(n, seed, split, stream=1)
-        clean, corrupted, info = self._clean_corrupted(n, rng, split)
+        if change is None:
+            change = self.changes[0]
+        if change not in self.changes:
+            raise ValueError(f"unknown change {change!r} for {self.name}; allowed: {', '.join(self.changes)}")
+        # each change draws from its own stream, so the default change keeps its pairs when others are added
+        rng = self._rng(n, seed, split, stream=1 + self.changes.index(change))
+        clean, corrupted, info = self._clean_corrupted(n, rng, split, change)
+        info.setdefault("change_name", change)
         info.setdefault("diff_mask", clean.tokens != corrupted.tokens)
         info.setdefault("clean_labels", clean.labels)
         info.setdefault("corrupted_labels", corrupted.labels)
@@ -212,7 +223,7 @@ class Task(ABC):
 
     @abstractmethod
     def _clean_corrupted(
-        self, n: int, rng: np.random.Generator, split: str
+        self, n: int, rng: np.random.Generator, split: str, change: str
     ) -> tuple[TaskBatch, TaskBatch, dict]: ...
 
     def _rng(self, n: int, seed: int, split: str, stream: int) -> np.random.Generator:

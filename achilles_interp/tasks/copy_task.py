@@ -52,6 +52,7 @@ class CopyTask(Task):
 
     name = "copy"
     splits = ("train", "test")
+    changes = ("source",)
 
     def __init__(self, length: int = 16, alphabet_size: int = 26, vocab_size: int | None = None):
         self.length = _positive_int("length", length)
@@ -80,7 +81,7 @@ class CopyTask(Task):
     def _generate(self, n, rng, split):
         return self._build(rng.integers(0, self.alphabet_size, (n, self.length)))
 
-    def _clean_corrupted(self, n, rng, split):
+    def _clean_corrupted(self, n, rng, split, change):
         m = self.length
         string = rng.integers(0, self.alphabet_size, (n, m))
         j = rng.integers(0, m, n)  # 0-indexed slot

@@ -3,32 +3,43 @@
 Paper's definition
 ------------------
 Three distinct numbers ``{a, b, c}`` are drawn from ``[20, 100]``.  Five of their six
-permutations ("keys") are listed, each followed by a separator token that is not one of the
-numbers.  Then come ``3 * n_layers`` filler tokens (a depthwise conv of width 3 per layer gives
-each position a receptive field of ``3 * n_layers`` tokens: the fillers stop the conv alone from
-seeing both the keys and the query).  Finally the *query*: one of the five keys reversed.  The
-label is the index (1..5) of the key whose reversal is the query (chance 0.2).  Data split:
-80 % train (the three numbers NOT all in one residue class mod 3), 10 % test (all three in one
-class mod 3), 10 % OOD (numbers from 101..200).
+permutations ("keys") are listed, each followed by a random token that is not in the row's set.
+Then come ``3 * n_layers`` random filler tokens, also not in the set (a causal conv of width 4
+per layer reaches 3 tokens back, so ``n_layers`` convs alone reach ``3 * n_layers`` tokens: the
+fillers stop the convs alone from seeing both the keys and the query).  Finally the *query*: one
+of the five keys reversed.  The label is the index (1..5) of the key whose reversal is the query
+(chance 0.2).  All numerical values of a sequence are drawn from 20..100.  Data split: 80 %
+train (the three numbers NOT all in one residue class mod 3), 10 % test (all three in one class
+mod 3), 10 % OOD (all sequence elements from 101..200).
 
 Layout (0-indexed positions, ``L = 5 * 4 + 3 * n_layers + 3``)::
 
-    [k1 k1 k1 SEP  k2 k2 k2 SEP ... k5 k5 k5 SEP | F ... F (3*n_layers) | q q q]
+    [k1 k1 k1 s1  k2 k2 k2 s2 ... k5 k5 k5 s5 | F ... F (3*n_layers) | q q q]
      0 .......................................19   20 ........ 19+3*n_layers   L-3..L-1
 
 ``answer_pos = L - 1``: the logits at the last query token predict the label.
 
+Formats
+-------
+* ``format="paper"`` (the default, what the paper's appendix states): **every token is a
+  number**. The separator after each key and the ``3 * n_layers`` fillers are random numbers
+  of the split's range (20..100 for train and test, 101..200 for OOD) that are not one of the
+  row's three numbers; each separator and filler is drawn independently and uniformly from
+  that range minus the row's three. So an OOD row lies entirely in 101..200, and a separator or
+  filler cannot be told from a key by its id, only by its position.
+* ``format="special-tokens"`` (our earlier reading, kept as an ablation): the separator is the
+  reserved id ``SEP = 201``; fillers are drawn from the reserved ids ``210..255``
+  (``filler="special"``, the default of this format) or, with ``filler="numbers"``, from the
+  split's range minus the row's three as in the paper format.
+
 Our choices where the paper is silent
 -------------------------------------
 * Token ids (``vocab_size = 256``): numbers are their own ids (0..200, only 20..200 used);
-  label tokens are ids 1..5 (never used as inputs, so no collision with numbers >= 20);
-  ``SEP = 201``; fillers are drawn i.i.d. uniformly from ``210..255`` - disjoint from every
-  number, the separator and the label ids.  Ids 0, 6..19 and 202..209 are never emitted.
-* Filler vocabulary: the paper's "random filler tokens not in the set" admits two readings.
-  ``filler="special"`` (the default) draws them from the reserved ids above;
-  ``filler="numbers"`` draws numbers of the split's range (20..100, or 101..200 for OOD) other
-  than the row's three, so fillers look like keys. Everything else in a row is drawn first, so
-  for one seed the two readings give the same keys, query and label.
+  label tokens are ids 1..5 (never used as inputs, so no collision with numbers >= 20).
+  In the special-tokens format ``SEP = 201`` and fillers ``210..255``; ids 0, 6..19 and
+  202..209 are never emitted.
+* Separators and fillers (paper format) are drawn i.i.d. (they may repeat each other); the
+  paper says only "a random token that is not in the set".
 * Which five permutations, and their order: a uniformly random ordering of the six
   permutations, the first five listed (so the omitted one is uniform).
 * The label is uniform over 1..5 and the query is ``reverse(key[label])``.  Since the six
@@ -42,12 +53,22 @@ Our choices where the paper is silent
   20..100 conditioned on the residue rule.
 * ``forward-matching`` (control twin): identical, except ``query = key[label]`` (not reversed);
   ``meta["distractor_label"]`` is then the index of the key whose *reversal* equals the query.
+* Everything but the separators and fillers is drawn first, so for one seed all formats give
+  the same numbers, keys, query and label.
 
-Clean/corrupted pairs: the clean example is a normal example; the corrupted one replaces the
-query by the query of a different label ``label' != label`` (uniform over the other four),
-everything else identical.  Tokens differ only inside the query (positions ``L-3..L-1``;
-two distinct permutations of three distinct numbers differ in 2 or 3 of them; ``diff_mask``
-says which).  ``info["corrupted_labels"] = label'``.
+Clean/corrupted pairs (``change=``)
+-----------------------------------
+* ``"query"`` (default): the corrupted row replaces the query by the query of a different
+  label ``label' != label`` (uniform over the other four), everything else identical.  Tokens
+  differ only inside the query (positions ``L-3..L-1``).  The whole query lies inside the
+  conv window of the answer position, so the answer can change without the scan carrying it.
+* ``"keys"``: the query stays; the matching key and the key in slot ``label'`` swap places,
+  so the answer moves to ``label'``.  Tokens differ only inside those two key slots (positions
+  ``0..19``), far outside any conv window of the answer: whatever carries the change to the
+  answer position goes through the scan (and the residual stream of later positions).
+
+``info["corrupted_labels"] = label'`` in both.
+
 """
 
 from __future__ import annotations
@@ -66,7 +87,8 @@ SEP = 201
 FILLER_LO, FILLER_HI = 210, 255  # inclusive
 VOCAB_SIZE = 256
 N_KEYS = 5
-FILLERS = ("special", "numbers")
+FORMATS = ("paper", "special-tokens")
+FILLERS = ("special", "numbers")  # filler vocabularies of the special-tokens format
 SPLIT_FRACTIONS = {"train": 0.8, "test": 0.1, "ood": 0.1}
 
 PERMS = np.array(list(itertools.permutations(range(3))), dtype=np.int64)  # [6, 3]
@@ -101,6 +123,17 @@ def sample_numbers(rng: np.random.Generator, n: int, split: str) -> np.ndarray:
     return out
 
 
+def numbers_outside(rng: np.random.Generator, nums: np.ndarray, lo: int, hi: int, k: int) -> np.ndarray:
+    """``[n, k]`` numbers drawn i.i.d. uniformly from ``lo..hi`` (inclusive) minus each row's own
+    numbers ``nums [n, 3]`` (rejection sampling: with >= 78 allowed values it ends in a few rounds)."""
+    out = rng.integers(lo, hi + 1, (nums.shape[0], k))
+    clash = (out[:, :, None] == nums[:, None, :]).any(-1)
+    while clash.any():
+        out[clash] = rng.integers(lo, hi + 1, int(clash.sum()))
+        clash = (out[:, :, None] == nums[:, None, :]).any(-1)
+    return out
+
+
 class InverseMatchingTask(Task):
     """Inverse (``reverse=True``) or forward (``reverse=False``) sequence matching.
 
@@ -108,24 +141,35 @@ class InverseMatchingTask(Task):
         n_layers: number of Mamba layers the task is built for; ``3 * n_layers`` fillers.
         reverse: True -> ``"inverse-matching"`` (query = reversed key); False ->
             ``"forward-matching"`` (query = key).
-        filler: ``"special"`` (default): fillers from the reserved ids 210..255; ``"numbers"``:
-            fillers are numbers of the split's range (20..100, or 101..200 for OOD) other than the
-            row's three - indistinguishable from keys by their ids.
+        format: ``"paper"`` (default): separators and fillers are numbers of the split's range
+            other than the row's three; ``"special-tokens"``: separator id 201 and fillers
+            chosen by ``filler``.
+        filler: special-tokens format only: ``"special"`` (its default, reserved ids 210..255) or
+            ``"numbers"`` (as in the paper format). The paper format takes None or ``"numbers"``.
 
     ``generate(n, seed, split)`` returns ``tokens [n, 23 + 3 * n_layers]``, ``labels [n]`` in
     1..5, ``answer_pos = L - 1`` and ``meta``: ``numbers [n, 3]``, ``keys [n, 5, 3]``,
     ``query [n, 3]``, ``key_perm [n, 5]`` (index into :data:`PERMS` of each listed key),
     ``distractor_label [n]`` (0..5, see module docstring).
+    ``clean_corrupted_pairs(n, seed, split, change)``: ``change`` in :attr:`changes`.
     """
 
     splits = ("train", "test", "ood")
+    changes = ("query", "keys")
 
-    def __init__(self, n_layers: int = 2, reverse: bool = True, filler: str = "special"):
+    def __init__(self, n_layers: int = 2, reverse: bool = True, format: str = "paper",
+                 filler: str | None = None):
         self.n_layers = _positive_int("n_layers", n_layers)
         self.reverse = bool(reverse)
-        if filler not in FILLERS:
-            raise ValueError(f"filler must be one of {FILLERS}, got {filler!r}")
-        self.filler = filler
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        if filler is not None and filler not in FILLERS:
+            raise ValueError(f"filler must be one of {FILLERS} (or None), got {filler!r}")
+        if format == "paper" and filler == "special":
+            raise ValueError("filler='special' needs format='special-tokens': in the paper format every "
+                             "token is a number (fillers are numbers of the split's range)")
+        self.format = format
+        self.filler = filler or ("numbers" if format == "paper" else "special")
         self.name = "inverse-matching" if self.reverse else "forward-matching"
         self.n_filler = 3 * self.n_layers
         self.seq_len = N_KEYS * 4 + self.n_filler + 3
@@ -136,12 +180,16 @@ class InverseMatchingTask(Task):
             "numbers_train_test": (NUM_LO, NUM_HI),
             "numbers_ood": (OOD_LO, OOD_HI),
             "labels": (1, 5),
-            "sep": SEP,
-            "filler": (FILLER_LO, FILLER_HI),
         }
+        if format == "special-tokens":
+            self.special_tokens["sep"] = SEP
+        if self.filler == "special":
+            self.special_tokens["filler"] = (FILLER_LO, FILLER_HI)
 
     def __repr__(self) -> str:
-        return f"InverseMatchingTask(n_layers={self.n_layers}, reverse={self.reverse}, filler={self.filler!r})"
+        extra = f", filler={self.filler!r}" if self.format == "special-tokens" else ""
+        return (f"InverseMatchingTask(n_layers={self.n_layers}, reverse={self.reverse}, "
+                f"format={self.format!r}{extra})")
 
     # ------------------------------------------------------------------ core
     def _query_perm(self, key_perm: np.ndarray, label_idx: np.ndarray) -> np.ndarray:
@@ -149,27 +197,29 @@ class InverseMatchingTask(Task):
         return _REV[p] if self.reverse else p
 
     def _sample(self, n: int, rng: np.random.Generator, split: str):
+        """Everything random in ``n`` rows: numbers, key permutations, label index, separators
+        ``[n, 5]`` and fillers ``[n, 3 * n_layers]``."""
         nums = sample_numbers(rng, n, split)  # [n, 3]
         key_perm = np.argsort(rng.random((n, 6)), axis=1)[:, :N_KEYS]  # [n, 5]
         label_idx = rng.integers(0, N_KEYS, n)
+        lo, hi = (OOD_LO, OOD_HI) if split == "ood" else (NUM_LO, NUM_HI)
         if self.filler == "special":
             fillers = rng.integers(FILLER_LO, FILLER_HI + 1, (n, self.n_filler))
-        else:  # numbers of the split's range that are not one of the row's three
-            lo, hi = (OOD_LO, OOD_HI) if split == "ood" else (NUM_LO, NUM_HI)
-            fillers = rng.integers(lo, hi + 1, (n, self.n_filler))
-            clash = (fillers[:, :, None] == nums[:, None, :]).any(-1)
-            while clash.any():
-                fillers[clash] = rng.integers(lo, hi + 1, int(clash.sum()))
-                clash = (fillers[:, :, None] == nums[:, None, :]).any(-1)
-        return nums, key_perm, label_idx, fillers
+        else:
+            fillers = numbers_outside(rng, nums, lo, hi, self.n_filler)
+        if self.format == "paper":
+            seps = numbers_outside(rng, nums, lo, hi, N_KEYS)
+        else:
+            seps = np.full((n, N_KEYS), SEP, dtype=np.int64)
+        return nums, key_perm, label_idx, seps, fillers
 
-    def _build(self, nums, key_perm, label_idx, fillers) -> TaskBatch:
+    def _build(self, nums, key_perm, label_idx, seps, fillers) -> TaskBatch:
         n = nums.shape[0]
         rows = np.arange(n)[:, None, None]
         keys = nums[rows, PERMS[key_perm]]  # [n, 5, 3]
         qperm = self._query_perm(key_perm, label_idx)
         query = nums[np.arange(n)[:, None], PERMS[qperm]]  # [n, 3]
-        key_block = np.concatenate([keys, np.full((n, N_KEYS, 1), SEP)], axis=2).reshape(n, N_KEYS * 4)
+        key_block = np.concatenate([keys, seps[:, :, None]], axis=2).reshape(n, N_KEYS * 4)
         tokens = np.concatenate([key_block, fillers, query], axis=1)
         # the other matching rule's answer (distractor): forward rule for inverse task and vice versa
         other_perm = qperm if self.reverse else _REV[qperm]
@@ -187,13 +237,20 @@ class InverseMatchingTask(Task):
     def _generate(self, n, rng, split):
         return self._build(*self._sample(n, rng, split))
 
-    def _clean_corrupted(self, n, rng, split):
-        nums, key_perm, label_idx, fillers = self._sample(n, rng, split)
+    def _clean_corrupted(self, n, rng, split, change):
+        nums, key_perm, label_idx, seps, fillers = self._sample(n, rng, split)
         wrong_idx = (label_idx + rng.integers(1, N_KEYS, n)) % N_KEYS
-        clean = self._build(nums, key_perm, label_idx, fillers)
-        corrupted = self._build(nums, key_perm, wrong_idx, fillers)
-        info = {
-            "change": "query replaced by the query of a different key (label changes)",
-            "positions": self.query_positions.expand(n, 3).clone(),
-        }
-        return clean, corrupted, info
+        clean = self._build(nums, key_perm, label_idx, seps, fillers)
+        rows = np.arange(n)
+        if change == "query":
+            corrupted = self._build(nums, key_perm, wrong_idx, seps, fillers)
+            positions = self.query_positions.expand(n, 3).clone()
+            what = "query replaced by the query of a different key (label changes)"
+        else:  # keys: the matching key and the key in slot wrong_idx swap places
+            swapped = key_perm.copy()
+            swapped[rows, label_idx], swapped[rows, wrong_idx] = key_perm[rows, wrong_idx], key_perm[rows, label_idx]
+            corrupted = self._build(nums, swapped, wrong_idx, seps, fillers)
+            slot = np.arange(3)[None, :]
+            positions = _long(np.concatenate([4 * label_idx[:, None] + slot, 4 * wrong_idx[:, None] + slot], axis=1))
+            what = "matching key swapped with another key slot, query unchanged (label changes)"
+        return clean, corrupted, {"change": what, "positions": positions}

@@ -57,6 +57,7 @@ class MQARTask(Task):
 
     name = "mqar"
     splits = ("train", "test")
+    changes = ("value",)
 
     def __init__(
         self,
@@ -124,7 +125,7 @@ class MQARTask(Task):
         keys, vals, qidx, _ = self._sample(n, rng)
         return self._build(keys, vals, qidx)
 
-    def _clean_corrupted(self, n, rng, split):
+    def _clean_corrupted(self, n, rng, split, change):
         keys, vals, qidx, spare = self._sample(n, rng)
         slot = rng.integers(0, self.num_queries, n)  # which query's pair is corrupted
         r = np.arange(n)

@@ -180,6 +180,7 @@ def compare(
     threads: Optional[int] = None,
     finished_only: bool = False,
     cuda_graph: Optional[bool] = None,
+    task_format: Optional[str] = None,
 ) -> dict:
     """Train every (variant, mixer) x seed on ``task``; write results.json / results.md / accuracy.png.
 
@@ -221,12 +222,13 @@ def compare(
                 command=command,
                 threads=threads,
                 cuda_graph=cuda_graph,
+                task_format=task_format,
             )
         )
     summary = summarize(runs)
     splits = runs[0]["run"]["splits"]
     task_obj = resolve_task(
-        task, (model_overrides or {}).get("n_layers", runs[0]["run"]["model_config"]["n_layers"])
+        task, (model_overrides or {}).get("n_layers", runs[0]["run"]["model_config"]["n_layers"]), task_format
     )
     doc = {
         "task": task_obj.name,

@@ -93,13 +93,26 @@ def device_description(device: torch.device) -> str:
     )
 
 
-def resolve_task(task: Union[str, Task], n_layers: int) -> Task:
-    """A Task object; a name is built with ``get_task`` (matching tasks get ``n_layers`` fillers x 3)."""
+MATCHING_TASKS = ("inverse-matching", "forward-matching")
+FORMAT_TASKS = MATCHING_TASKS + ("composite", "composite-symmetric")  # tasks with a ``format`` option
+
+
+def resolve_task(task: Union[str, Task], n_layers: int, task_format: Optional[str] = None) -> Task:
+    """A Task object; a name is built with ``get_task`` (matching tasks get ``n_layers`` fillers x 3;
+    ``task_format``, None = the task's default ``"paper"``, picks the token format of the matching
+    and composite tasks)."""
     if isinstance(task, Task):
+        if task_format is not None and getattr(task, "format", None) != task_format:
+            raise ValueError(f"task_format={task_format!r} disagrees with the given task {task!r}")
         return task
-    if task in ("inverse-matching", "forward-matching"):
-        return get_task(task, n_layers=n_layers)
-    return get_task(task)
+    kwargs = {}
+    if task_format is not None:
+        if task not in FORMAT_TASKS:
+            raise ValueError(f"task {task!r} has no format option; only {', '.join(FORMAT_TASKS)} do")
+        kwargs["format"] = task_format
+    if task in MATCHING_TASKS:
+        kwargs["n_layers"] = n_layers
+    return get_task(task, **kwargs)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -200,6 +213,7 @@ def train(
     command: Optional[str] = None,
     threads: Optional[int] = None,
     cuda_graph: Optional[bool] = None,
+    task_format: Optional[str] = None,
 ) -> dict:
     """Train variant ``model_name`` on ``task`` and write the run into ``out_dir``.
 
@@ -228,6 +242,8 @@ def train(
         cuda_graph: replay each full-size training step as a CUDA graph (same arithmetic, far
             fewer kernel launches; see :mod:`~achilles_interp.training.graphed_step`). None: on
             when training on a GPU. Falls back to eager steps, with a warning, if capture fails.
+        task_format: token format of the matching and composite tasks (``"paper"``, their
+            default, or ``"special-tokens"``); None keeps the task's default.
 
     Returns:
         The ``metrics.json`` content: ``run`` (description), ``history`` (per evaluation: epoch,
@@ -258,11 +274,11 @@ def train(
         raise ValueError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
     n_epochs = p.epochs if epochs is None else epochs
     warmup = p.warmup_epochs * n_epochs / p.epochs
-    mkw = p.model_kwargs(model_name, mixer)
+    mkw = p.model_kwargs(model_name, mixer, task if isinstance(task, str) else task.name)
     mkw.update(model_overrides or {})
-    task_obj = resolve_task(task, mkw.get("n_layers", 2))
+    task_obj = resolve_task(task, mkw.get("n_layers", 2), task_format)
     bs = p.batch_size_for(task_obj.name) if batch_size is None else batch_size
-    n_tr = p.n_train if n_train is None else n_train
+    n_tr = p.n_train_for(task_obj.name) if n_train is None else n_train
     n_ev = p.n_eval if n_eval is None else n_eval
 
     # ---- data and model (both deterministic in seed) ----------------------------------------
@@ -285,6 +301,7 @@ def train(
 
     run = {
         "task": task_obj.name,
+        "task_repr": repr(task_obj),
         "model": model_name,
         "mixer": mixer if not model_name.startswith("transformer") else None,
         "preset": p.name,
@@ -311,7 +328,7 @@ def train(
         # Loaded on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict copies
         # weights and optimiser moments onto the parameters' device.
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        keys = ("task", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
+        keys = ("task", "task_repr", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
         diff = [k for k in keys if _resume_key(st["run"].get(k)) != _resume_key(run.get(k))]
         if diff:
             raise ValueError(
