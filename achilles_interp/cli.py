@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "train a Mamba variant or the Transformer baseline on a synthetic task",
     "compare": "train all variants x seeds on a task and tabulate accuracies",
     "patch": "activation/attribution patching, fusion asymmetry and the conv-vs-SSM verdict",
+    "reproduce": "train the paper's grid and check its claims (writes the reproduction report)",
 }
 
 

@@ -2,7 +2,7 @@
 
 ``d1`` is the fan-in of the weight by default (the paper's choice). ``fan="out"`` uses the fan-out
 instead: not the paper's, it is there to test a public reproduction attempt that initialised that
-way (see ``docs/paper_followups/README.md``).
+way (see ``docs/special_tokens/paper_followups/README.md``).
 
 Fans (inputs and outputs of the map each weight applies):
 

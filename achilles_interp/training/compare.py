@@ -67,7 +67,7 @@ def run_one(task, model: str, mixer: Optional[str], seed: int, out_dir: Path, pr
     return train(task, model, run_dir, preset=preset, seed=seed, mixer=mixer or "mamba2", resume=resume, **kw)
 
 
-def _stats(values: list[float]) -> dict:
+def stats(values: list[float]) -> dict:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "values": []}
@@ -90,18 +90,18 @@ def summarize(runs: list[dict]) -> dict:
     out = {}
     for label, rs in by_label.items():
         splits = rs[0]["final"]["accuracy"].keys()
-        acc = {s: _stats([r["final"]["accuracy"].get(s) for r in rs]) for s in splits}
+        acc = {s: stats([r["final"]["accuracy"].get(s) for r in rs]) for s in splits}
         extra = {}
         for s in splits:
             keys = sorted({k for r in rs for k in r["final"]["extra"].get(s, {})})
-            extra[s] = {k: _stats([r["final"]["extra"].get(s, {}).get(k) for r in rs]) for k in keys}
+            extra[s] = {k: stats([r["final"]["extra"].get(s, {}).get(k) for r in rs]) for k in keys}
         out[label] = {
             "model": rs[0]["run"]["model"],
             "mixer": rs[0]["run"]["mixer"],
             "seeds": [r["run"]["seed"] for r in rs],
             "accuracy": acc,
             "extra": extra,
-            "elapsed_s": _stats([r["provenance"]["elapsed_s"] for r in rs]),
+            "elapsed_s": stats([r["provenance"]["elapsed_s"] for r in rs]),
         }
     return out
 

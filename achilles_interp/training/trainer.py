@@ -430,6 +430,8 @@ def train(
                     "train_loss": (loss_sum / max(n_seen, 1)).item(),
                     "accuracy": {s: r["accuracy"] for s, r in results.items()},
                     "loss": {s: r["loss"] for s, r in results.items()},
+                    "extra": {s: {k: v for k, v in r.items() if k not in ("accuracy", "loss")}
+                              for s, r in results.items()},
                     "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
                 }
             )

@@ -1,10 +1,10 @@
 """Checks of user-given training settings, shared by the command-line front ends
-(``achilles-interp train`` / ``compare`` and ``python -m achilles_interp.training.reproduce``)
+(``achilles-interp train`` / ``compare`` / ``reproduce``)
 so that each rule and its message live in one place.
 
 The checks raise :class:`ValueError`; each front end turns that into its own one-line usage
 error (``CLIError`` in :mod:`achilles_interp.commands`, ``ArgumentParser.error`` in
-:mod:`.reproduce`). Messages name the setting as its command-line flag (``n_train`` ->
+the paper grid's runner). Messages name the setting as its command-line flag (``n_train`` ->
 ``--n-train``), since both front ends spell their flags that way; the Python API
 (:func:`~achilles_interp.training.trainer.train`) asks for its keyword names instead.
 """

@@ -1,0 +1,85 @@
+"""``achilles-interp reproduce``: train the paper's grid (or reuse its finished runs) and write the
+reproduction report with its claim checks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub, help_text: str) -> None:
+    from ..training.paper_grid import GRID_TASKS
+    from ..training.presets import PRESETS
+
+    p = sub.add_parser(
+        "reproduce",
+        help=help_text,
+        description=(
+            "Train every cell of the paper's grid (inverse and forward matching: Transformer and six Mamba "
+            "variants; composite and full-symmetry cells at the paper's depths and init scales) for each seed, "
+            "reusing finished runs and resuming stopped ones, then write the report: tables, accuracy at "
+            "epochs 40/100/200, and each of the paper's claims checked against the numbers. "
+            "--render-only trains nothing."
+        ),
+    )
+    p.add_argument("--runs-dir", default="runs/paper", help="where the runs live (default runs/paper)")
+    p.add_argument("--out", default="docs/reproduction.md", help="markdown report (default docs/reproduction.md)")
+    p.add_argument("--assets", default=None,
+                   help="folder for results.json and the accuracy plots (default: <out>_assets)")
+    p.add_argument("--mixers", nargs="+", default=["mamba2"], choices=["mamba1", "mamba2"])
+    p.add_argument("--tasks", nargs="+", default=list(GRID_TASKS), choices=list(GRID_TASKS))
+    p.add_argument("--models", nargs="+", default=None, help="restrict the grid to these variants")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--preset", default="paper", choices=list(PRESETS))
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--n-train", type=int, default=None, help="override the preset's training-set size")
+    p.add_argument("--n-eval", type=int, default=None, help="override the preset's evaluation-set size")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument("--d-model", type=int, default=None, help="override every model's residual width")
+    p.add_argument("--task-format", default=None, choices=["paper", "special-tokens"],
+                   help="token format of every cell (default: the tasks' own, paper)")
+    p.add_argument("--ablation-runs", default=None,
+                   help="runs of the same grid in the special-token format, shown as an ablation section")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop runs still training after this many seconds (they keep their last checkpoint)")
+    p.add_argument("--render-only", action="store_true", help="train nothing: report the finished runs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.claims import paper_claims
+    from ..training.paper_grid import grid_specs, paper_cells, run_grid
+    from ..training.reproduction import collect, collect_ablation, write_report
+    from ..training.validation import check_seeds, positive_settings
+    from .train import check_device, command_line
+
+    check_seeds(args.seeds, "--seeds")
+    sizes = positive_settings({k: getattr(args, k) for k in ("n_train", "n_eval", "batch_size")})
+    positive_settings({"epochs": args.epochs, "threads": args.threads})
+    overrides = tuple(positive_settings({"d_model": args.d_model}).items())
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ValueError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+    check_device(args.device)
+    cells = [c for c in paper_cells(args.mixers, args.tasks, args.task_format)
+             if args.models is None or c.model in args.models]
+    if not cells:
+        raise ValueError(f"no cell of the grid uses the variants {args.models}")
+    if not args.render_only:
+        specs = grid_specs(cells, args.seeds, args.preset, args.epochs, model_overrides=overrides, **sizes)
+        run_grid(specs, args.runs_dir, args.jobs, args.device, args.time_limit, args.threads)
+    results = collect(args.runs_dir, cells, args.seeds, args.preset)
+    ablation = None
+    if args.ablation_runs:
+        ablation = ("Ablation: the special-token format (earlier grid)",
+                    collect_ablation(args.ablation_runs, args.mixers, args.seeds))
+    command = command_line(args, "reproduce")
+    out = Path(args.out)
+    assets = Path(args.assets) if args.assets else out.with_name(out.stem + "_assets")
+    write_report(out, results, paper_claims(args.mixers), command, assets, ablation=ablation)
+    print(f"wrote {out} and {assets}/")
+    return 0
