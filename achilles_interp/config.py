@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Union
 
+from .errors import UserError
+
 MIXERS = ("mamba1", "mamba2")
 CONV_MODES = ("standard", "none", "bypass")
 CONV_KERNELS = ("learned", "ones")
@@ -20,7 +22,7 @@ BACKENDS = ("auto", "torch", "cuda")
 FANS = ("in", "out")  # init_fan: which fan d1 of the N(0, d1^(-2 gamma)) init is
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is outside what the model supports."""
 
 

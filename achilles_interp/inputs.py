@@ -6,10 +6,12 @@ from typing import Optional
 
 import torch
 
+from .errors import UserError
+
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The input given to a model is not of an allowed form."""
 
 

@@ -16,16 +16,18 @@ No network access is ever attempted: ``path`` must be a local directory.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from .config import ConfigError, MambaConfig
+from .errors import UserError
 from .outputs import atomic_write
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory is missing, malformed, or does not fit the model."""
 
 
@@ -144,24 +146,42 @@ def read_config(path: Path) -> tuple[MambaConfig, str]:
 # weights
 # ---------------------------------------------------------------------------------------------
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint, from safetensors (single or sharded) or pytorch_model.bin."""
-    from safetensors.torch import load_file
+    """All tensors of the checkpoint, from safetensors (single or sharded) or pytorch_model.bin.
 
+    A truncated or corrupt weights file raises :class:`CheckpointError` naming the file."""
     single = path / "model.safetensors"
     index = path / "model.safetensors.index.json"
     binary = path / "pytorch_model.bin"
     if single.is_file():
-        return load_file(str(single))
+        return _read_file(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index (a JSON object with a "
+                                  f"'weight_map'): {type(e).__name__}: {e}") from None
         out: dict[str, torch.Tensor] = {}
         for shard in shards:
-            out.update(load_file(str(path / shard)))
+            out.update(_read_file(path / shard))
         return out
     if binary.is_file():
-        return torch.load(str(binary), map_location="cpu", weights_only=True)
+        return _read_file(binary)
     raise CheckpointError(f"no weights in {path}: expected model.safetensors, "
                           "model.safetensors.index.json (+ shards) or pytorch_model.bin")
+
+
+def _read_file(file: Path) -> dict[str, torch.Tensor]:
+    """One weights file (safetensors, or a torch.save'd state dict); CheckpointError if unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if file.suffix == ".safetensors":
+            return load_file(str(file))
+        return torch.load(str(file), map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot read weights from {file} (truncated or corrupt?): {reason}") from None
 
 
 def to_our_names(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:

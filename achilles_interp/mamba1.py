@@ -19,9 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MambaConfig
-from .kernels import cuda_ops
 from .mixer_base import HookedMixerBase
-from .reference_ops import StatePositions, accum_dtype, selective_scan_ref
+from .ops import TORCH_OPS, TorchOps
+from .reference_ops import StatePositions, accum_dtype
 
 
 def init_dt_bias(n: int, cfg: MambaConfig) -> torch.Tensor:
@@ -61,19 +61,19 @@ class HookedMamba1Mixer(HookedMixerBase):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-
-    def forward(self, hidden: torch.Tensor, state_positions: StatePositions = None) -> torch.Tensor:
-        """hidden ``[batch, pos, d_model]`` (normed residual) -> ``[batch, pos, d_model]``."""
-        state_positions = self.resolve_state_positions(state_positions)
-        if self.can_fuse(state_positions):
-            return self._forward_fused(hidden)
+    def forward(self, hidden: torch.Tensor, state_positions: StatePositions = None,
+                ops: TorchOps = TORCH_OPS) -> torch.Tensor:
+        """hidden ``[batch, pos, d_model]`` (normed residual) -> ``[batch, pos, d_model]``; ``ops``
+        (:mod:`achilles_interp.ops`) computes the conv and the scan, or the whole mixer fused."""
+        if ops.can_fuse(self, state_positions):
+            return ops.fused(self, hidden)
         batch, L, _ = hidden.shape
         n, r = self.cfg.d_state, self.cfg.resolved_dt_rank
         h = self.hook_in(hidden)
         x, z = self.in_proj(h).chunk(2, dim=-1)
         x = self.hook_x(x)
         z = self.hook_gate(z)
-        u = self.conv_stage(x)
+        u = self.conv_stage(x, ops)
         dt_low, B, C = torch.split(self.x_proj(u), [r, n, n], dim=-1)
         dt = self.hook_dt(F.softplus(self.dt_proj(dt_low)))
         B = self.hook_B(B)
@@ -81,44 +81,16 @@ class HookedMamba1Mixer(HookedMixerBase):
         A = self.A
         D = self.D.to(accum_dtype(u))
 
-        # On the GPU: mamba_ssm's kernel when no state is needed; the Triton state-emitting kernel
-        # for states and edited-state segments when no gradient is needed; else the reference.
-        on_gpu = self.backend == "cuda"
-        kernel_ok = on_gpu and not cuda_ops.needs_grad(u, dt, A, B, C, D)
-
-        def scan_all(positions, inject):
-            if on_gpu and positions is None and inject is None:
-                return cuda_ops.selective_scan_cuda(u, dt, A, B, C, D), None
-            if kernel_ok and inject is None:
-                y, states, _ = cuda_ops.selective_scan_states_cuda(u, dt, A, B, C, D, positions=positions)
-                return y, states
-            y, states, _ = selective_scan_ref(u, dt, A, B, C, D, state_positions=positions, inject=inject)
-            return y, states
-
-        def segment(t0: int, t1: int, h0: Optional[torch.Tensor]):
-            args = (u[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], D)
-            if kernel_ok and not cuda_ops.needs_grad(h0):
-                y, _, last = cuda_ops.selective_scan_states_cuda(*args, h0=h0)
-                return y, last
-            y, _, last = selective_scan_ref(*args, h0=h0)
-            return y, last
+        def scan(t0: int, t1: int, h0: Optional[torch.Tensor] = None, positions=None, inject=None):
+            s = slice(t0, t1)
+            return ops.selective_scan(u[:, s], dt[:, s], A, B[:, s], C[:, s], D, h0, positions, inject)
 
         def emit(h_t: torch.Tensor, t: int) -> torch.Tensor:
             f = accum_dtype(u)
             y_t = torch.einsum("bdn,bn->bd", h_t.to(f), C[:, t].to(f)) + D.to(f) * u[:, t].to(f)
             return y_t.to(u.dtype)
 
-        y = self.scan_with_state_hook(scan_all, segment, emit, L, state_positions, hidden.device)
+        y = self.scan_with_state_hook(scan, emit, L, state_positions, hidden.device)
         y = self.hook_ssm_out(y)
         gated = self.hook_gated(y * F.silu(z))
         return self.hook_out(self.out_proj(gated))
-
-    def _forward_fused(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The whole mixer in one ``mamba_inner_fn`` call (no hooks can fire inside it)."""
-        xz = self.in_proj(hidden).transpose(1, 2)                      # [batch, 2*d_inner, pos]
-        out = cuda_ops.kernel("mamba_inner_fn")(
-            xz.contiguous(), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-            self.out_proj.weight, self.out_proj.bias, self.A, None, None, self.D.float(),
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-        )
-        return out

@@ -18,10 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MambaConfig
-from .kernels import cuda_ops
 from .mamba1 import init_dt_bias
 from .mixer_base import HookedMixerBase, rms_norm
-from .reference_ops import StatePositions, _expand_groups, accum_dtype, ssd_chunked_ref, ssd_scan_ref
+from .ops import TORCH_OPS, TorchOps
+from .reference_ops import StatePositions, _expand_groups, accum_dtype
 
 
 class GatedRMSNorm(nn.Module):
@@ -58,7 +58,6 @@ class HookedMamba2Mixer(HookedMixerBase):
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
 
-
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         group = cfg.d_inner // cfg.ngroups
@@ -68,19 +67,20 @@ class HookedMamba2Mixer(HookedMixerBase):
         gated = self.hook_gated(y * F.silu(z))
         return self.hook_norm_out(rms_norm(gated, self.norm.weight, cfg.norm_eps, group))
 
-    def forward(self, hidden: torch.Tensor, state_positions: StatePositions = None) -> torch.Tensor:
-        """hidden ``[batch, pos, d_model]`` (normed residual) -> ``[batch, pos, d_model]``."""
+    def forward(self, hidden: torch.Tensor, state_positions: StatePositions = None,
+                ops: TorchOps = TORCH_OPS) -> torch.Tensor:
+        """hidden ``[batch, pos, d_model]`` (normed residual) -> ``[batch, pos, d_model]``; ``ops``
+        (:mod:`achilles_interp.ops`) computes the conv and the scan, or the whole mixer fused."""
         cfg = self.cfg
-        state_positions = self.resolve_state_positions(state_positions)
-        if self.can_fuse(state_positions):
-            return self._forward_fused(hidden)
+        if ops.can_fuse(self, state_positions):
+            return ops.fused(self, hidden)
         batch, L, _ = hidden.shape
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
         h = self.hook_in(hidden)
         z, xBC, dt_raw = torch.split(self.in_proj(h), [cfg.d_inner, cfg.conv_dim, H], dim=-1)
         z = self.hook_gate(z)
         xBC = self.hook_xBC(xBC)
-        act = self.conv_stage(xBC)
+        act = self.conv_stage(xBC, ops)
         x, B, C = torch.split(act, [cfg.d_inner, G * N, G * N], dim=-1)
         x = self.hook_x(x)
         B = self.hook_B(B.reshape(batch, L, G, N))
@@ -92,19 +92,9 @@ class HookedMamba2Mixer(HookedMixerBase):
         A, D = self.A, self.D.to(accum_dtype(x))
         xh = x.reshape(batch, L, H, P)
 
-        def scan_all(positions, inject):
-            if positions is None and inject is None:
-                if self.backend == "cuda":
-                    return cuda_ops.ssd_scan_cuda(xh, dt, A, B, C, D, None, cfg.chunk_size)[0], None
-                return ssd_chunked_ref(xh, dt, A, B, C, D)[0], None
-            y, states, _ = ssd_scan_ref(xh, dt, A, B, C, D, state_positions=positions, inject=inject)
-            return y, states
-
-        def segment(t0: int, t1: int, h0: Optional[torch.Tensor]):
-            args = (xh[:, t0:t1], dt[:, t0:t1], A, B[:, t0:t1], C[:, t0:t1], D)
-            if self.backend == "cuda":
-                return cuda_ops.ssd_scan_cuda(*args, h0.float().contiguous(), cfg.chunk_size)
-            return ssd_chunked_ref(*args, h0=h0)
+        def scan(t0: int, t1: int, h0: Optional[torch.Tensor] = None, positions=None, inject=None):
+            s = slice(t0, t1)
+            return ops.ssd_scan(xh[:, s], dt[:, s], A, B[:, s], C[:, s], D, cfg.chunk_size, h0, positions, inject)
 
         def emit(h_t: torch.Tensor, t: int) -> torch.Tensor:
             f = accum_dtype(x)
@@ -112,18 +102,6 @@ class HookedMamba2Mixer(HookedMixerBase):
             y_t = torch.einsum("bhpn,bhn->bhp", h_t.to(f), Ct) + D.to(f)[:, None] * xh[:, t].to(f)
             return y_t.to(x.dtype)
 
-        y = self.scan_with_state_hook(scan_all, segment, emit, L, state_positions, hidden.device)
+        y = self.scan_with_state_hook(scan, emit, L, state_positions, hidden.device)
         y = self.hook_ssm_out(y.reshape(batch, L, cfg.d_inner))
         return self.hook_out(self.out_proj(self._gated_norm(y, z)))
-
-    def _forward_fused(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Conv, scan, gated norm and out_proj in one ``mamba_split_conv1d_scan_combined`` call."""
-        cfg = self.cfg
-        kwargs = {} if cfg.dt_limit == (0.0, float("inf")) else {"dt_limit": cfg.dt_limit}
-        return cuda_ops.kernel("mamba_split_conv1d_scan_combined")(
-            self.in_proj(hidden), self.conv1d.weight.reshape(cfg.conv_dim, -1), self.conv1d.bias,
-            self.dt_bias, self.A, D=self.D, chunk_size=cfg.chunk_size, activation="silu",
-            rmsnorm_weight=self.norm.weight, rmsnorm_eps=cfg.norm_eps, outproj_weight=self.out_proj.weight,
-            outproj_bias=self.out_proj.bias, headdim=cfg.headdim, ngroups=cfg.ngroups,
-            norm_before_gate=cfg.norm_before_gate, **kwargs,
-        )

@@ -1,5 +1,7 @@
-"""What the Mamba-1 and Mamba-2 hooked mixers share: the conv stage (with the paper's variants),
-backend dispatch, and the SSM-state hook whose edits propagate through the recurrence."""
+"""What the Mamba-1 and Mamba-2 hooked mixers share: the hook points (and what counts as a hook),
+the conv stage with the paper's variants, and the SSM-state hook whose edits propagate through
+the recurrence. The arithmetic comes from the ops layer (:mod:`achilles_interp.ops`) that the
+model passes in."""
 
 from __future__ import annotations
 
@@ -8,24 +10,62 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformer_lens.hook_points import HookPoint
+from transformer_lens.hook_points import HookPoint as _TLHookPoint
 
 from .config import MambaConfig
-from .kernels import cuda_ops
-from .reference_ops import StatePositions, _normalize_positions, accum_dtype, causal_conv1d_ref
+from .errors import UserError
+from .nnsight_support import waiting_on
+from .ops import TORCH_OPS, TorchOps
+from .reference_ops import StatePositions, accum_dtype, normalize_positions
 
-# (t0, t1, h0) -> (y [batch, t1-t0, ...], last state [batch, *state])
-SegmentFn = Callable[[int, int, Optional[torch.Tensor]], tuple]
+# (t0, t1, h0=None, positions=None, inject=None) -> (y [batch, t1-t0, ...], states or None, last)
+ScanFn = Callable[..., tuple]
 # (h [batch, *state], t) -> y_t [batch, ...]
 EmitFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-class HookedMixerBase(nn.Module):
-    """Common machinery. Subclasses define the projections and ``forward``.
+def module_hooked(module: nn.Module) -> bool:
+    """Whether anything observes ``module`` running: a TransformerLens hook, a plain PyTorch forward,
+    forward-pre or backward hook, or an nnsight trace that wants it. (Global module hooks, as
+    profilers install, do not count.)"""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks) or waiting_on(module)
 
-    Attributes set by the owning model before each forward:
-        backend: ``"torch"`` or ``"cuda"`` (already resolved from ``"auto"``).
-    """
+
+class HookPoint(_TLHookPoint):
+    """TransformerLens ``HookPoint`` whose hook functions must keep the activation's shape: a hook
+    that returns a tensor of another shape raises a :class:`UserError` naming the hook."""
+
+    def add_hook(self, hook, dir="fwd", *args, **kwargs):
+        return super().add_hook(_ShapeChecked(hook), dir, *args, **kwargs)
+
+
+class _ShapeChecked:
+    """A hook function wrapped to check the shape of what it returns."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, tensor, hook):
+        out = self.fn(tensor, hook=hook)
+        if isinstance(out, torch.Tensor) and isinstance(tensor, torch.Tensor) and out.shape != tensor.shape:
+            raise UserError(f"the hook function {_name(self.fn)} on {hook.name} returned a tensor of shape "
+                            f"{list(out.shape)}; it must return None or a tensor of the activation's shape "
+                            f"{list(tensor.shape)}")
+        return out
+
+    def __repr__(self) -> str:  # TransformerLens names the PyTorch hook after it (list_hooks)
+        return _name(self.fn)
+
+
+def _name(fn) -> str:
+    inner = getattr(fn, "func", None)     # a functools.partial: its repr may print large tensors
+    return f"partial({inner!r},...)" if inner is not None else repr(fn)
+
+
+class HookedMixerBase(nn.Module):
+    """Common machinery. Subclasses define the projections and
+    ``forward(hidden, state_positions=None, ops=TORCH_OPS)``."""
 
     HOOK_NAMES: tuple = ()
 
@@ -33,7 +73,6 @@ class HookedMixerBase(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer_idx = layer_idx
-        self.backend = "torch"
         for name in self.HOOK_NAMES:
             setattr(self, name, HookPoint())
 
@@ -54,19 +93,14 @@ class HookedMixerBase(nn.Module):
             if self.conv1d.bias is not None:
                 self.conv1d.bias.requires_grad_(False)
 
-    def conv_stage(self, pre: torch.Tensor) -> torch.Tensor:
+    def conv_stage(self, pre: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:
         """pre ``[batch, pos, channels]`` -> SSM input ``[batch, pos, channels]``.
 
         Fires ``hook_conv_out`` (conv output before the activation; the identity when
         ``conv_mode="none"``) and ``hook_conv_act`` (SiLU(conv), plus ``pre`` when
         ``conv_mode="bypass"``).
         """
-        if self.conv1d is None:
-            conv_out = pre
-        elif self.backend == "cuda":
-            conv_out = cuda_ops.causal_conv1d_cuda(pre, self.conv1d.weight, self.conv1d.bias)
-        else:
-            conv_out = causal_conv1d_ref(pre, self.conv1d.weight, self.conv1d.bias)
+        conv_out = pre if self.conv1d is None else ops.conv(pre, self.conv1d.weight, self.conv1d.bias)
         conv_out = self.hook_conv_out(conv_out)
         act = F.silu(conv_out)
         if self.cfg.conv_mode == "bypass":
@@ -79,40 +113,29 @@ class HookedMixerBase(nn.Module):
         (Mamba-2); negative, fp32 (fp64 for fp64 models)."""
         return -torch.exp(self.A_log.to(accum_dtype(self.A_log)))
 
-    def can_fuse(self, state_positions: StatePositions) -> bool:
-        """The whole mixer may run as one fused kernel: GPU, no state asked for, the standard
-        conv, and no hook anywhere in the mixer (nothing could fire inside the kernel)."""
-        return (self.backend == "cuda" and state_positions is None and self.cfg.conv_mode == "standard"
-                and not self.any_hooks())
-
     # ---- hooks ----------------------------------------------------------------------------
     def any_hooks(self) -> bool:
-        """True if a forward or backward hook is attached to any hook point of this mixer."""
-        return any(getattr(self, n).fwd_hooks or getattr(self, n).bwd_hooks for n in self.HOOK_NAMES)
+        """True if anything observes a module inside this mixer (:func:`module_hooked`): its hook
+        points, and the projections a fused kernel would not call either."""
+        return any(module_hooked(m) for m in self.modules() if m is not self)
 
-    def resolve_state_positions(self, state_positions: StatePositions) -> StatePositions:
-        """States are computed when asked for, or when someone hooks ``hook_ssm_state`` directly."""
-        if state_positions is None and self.hook_ssm_state.fwd_hooks:
-            return "all"
-        return state_positions
+    def state_positions(self, state_positions: StatePositions, L: int, device) -> Optional[torch.Tensor]:
+        """The positions whose states this forward computes: those asked for, else all of them when
+        anything observes ``hook_ssm_state`` (decided at the scan, after the earlier hooks ran)."""
+        if state_positions is None:
+            return torch.arange(L, device=device) if module_hooked(self.hook_ssm_state) else None
+        return normalize_positions(state_positions, L, device)
 
-    def scan_with_state_hook(
-        self,
-        scan_all: Callable[[Optional[torch.Tensor]], tuple],
-        segment: SegmentFn,
-        emit: EmitFn,
-        L: int,
-        state_positions: StatePositions,
-        device: torch.device,
-    ) -> torch.Tensor:
+    def scan_with_state_hook(self, scan: ScanFn, emit: EmitFn, L: int, state_positions: StatePositions,
+                             device: torch.device) -> torch.Tensor:
         """Run the scan, fire ``hook_ssm_state`` and propagate any edits through the recurrence.
 
         Args:
-            scan_all: ``(positions, inject) -> (y, states or None)`` over the whole sequence;
-                ``inject`` is None or ``(positions, delta)``, an additive state edit.
-            segment: ``(t0, t1, h0) -> (y, last)`` for tokens t0..t1-1 started from state h0.
+            scan: ``(t0, t1, h0=None, positions=None, inject=None) -> (y, states, last)`` over tokens
+                t0..t1-1 started from state h0 (an ops-layer scan on the mixer's inputs); ``inject``
+                is None or ``(positions, delta)``, an additive state edit.
             emit: ``(h, t) -> y_t``: the output at token t for a given state (C_t . h + D u_t).
-            L: sequence length; state_positions: None, "all" or a list of positions.
+            L: sequence length; state_positions: None, "all" or positions (see :meth:`state_positions`).
         Returns:
             y ``[batch, pos, ...]``.
 
@@ -125,32 +148,31 @@ class HookedMixerBase(nn.Module):
         zero-valued additive edit (``h - h.detach()``), so the gradient that hook sees is the total
         derivative dL/dh_t through the whole recurrence, as attribution patching needs.
         """
-        positions = _normalize_positions(state_positions, L, device)
+        positions = self.state_positions(state_positions, L, device)
         if positions is None:
-            return scan_all(None, None)[0]
-        y, states = scan_all(positions, None)
+            return scan(0, L)[0]
+        y, states, _ = scan(0, L, positions=positions)
         hp = self.hook_ssm_state
-        if not (hp.fwd_hooks or hp.bwd_hooks):
-            return y
-        if hp.bwd_hooks:
+        backward = bool(hp._backward_hooks or hp._backward_pre_hooks)
+        if backward:
             # The output is recomputed below through a zero-valued edit; hand the hooks a
             # detached copy so parameters do not receive a second gradient via the states.
             states = states.detach().requires_grad_(True)
         version = states._version
         edited = hp(states)
-        if hp.bwd_hooks:
+        if backward:
             # same value as y; its graph runs through the hooked states (and, once, the inputs)
-            y = scan_all(None, (positions, edited - edited.detach()))[0]
+            y = scan(0, L, inject=(positions, edited - edited.detach()))[0]
         if edited is states and states._version == version:
             return y  # the hooks only read the states (caching): nothing to propagate
         # Something was edited. Compare with the states as computed (recomputed if the hook
         # wrote into the tensor it was given) to find the edited positions.
-        original = states if states._version == version else scan_all(positions, None)[1]
+        original = states if states._version == version else scan(0, L, positions=positions)[1]
         changed = (edited.detach() != original.detach()).flatten(2).any(-1)          # [batch, P]
-        cols = changed.any(0).nonzero().flatten().tolist()
+        pos = positions.tolist()
+        cols = sorted(changed.any(0).nonzero().flatten().tolist(), key=pos.__getitem__)  # in time order
         if not cols:
             return y
-        pos = positions.tolist()
         parts = [y[:, : pos[cols[0]]]]
         h_prop = original[:, cols[0]]        # the state the recurrence brings to the first edit
         for k, i in enumerate(cols):
@@ -160,13 +182,11 @@ class HookedMixerBase(nn.Module):
             parts.append(emit(h_t, t).unsqueeze(1))
             if k + 1 < len(cols):
                 nxt = pos[cols[k + 1]]
+                y_seg, _, h_prop = scan(t + 1, nxt + 1, h_t)   # run through nxt for its state
                 if nxt > t + 1:
-                    y_seg, h_prop = segment(t + 1, nxt + 1, h_t)   # run through nxt for its state
                     parts.append(y_seg[:, :-1])
-                else:
-                    h_prop = segment(t + 1, nxt + 1, h_t)[1]
             elif t + 1 < L:
-                parts.append(segment(t + 1, L, h_t)[0])
+                parts.append(scan(t + 1, L, h_t)[0])
         return torch.cat(parts, dim=1)
 
 

@@ -12,6 +12,7 @@ Module tree (parameter names)                     Hook names (TransformerLens st
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Optional, Union
 
@@ -19,16 +20,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
-from transformer_lens.hook_points import HookPoint
 
-from .config import BACKENDS, MambaConfig
+from . import ops as ops_layer
+from .config import MambaConfig
+from .errors import UserError
 from .initialisation import paper_std
 from .inputs import InputError, validate_tokens
-from .kernels import cuda_ops
 from .mamba1 import HookedMamba1Mixer
 from .mamba2 import HookedMamba2Mixer
-from .mixer_base import rms_norm
-from .reference_ops import StatePositions, accum_dtype
+from .mixer_base import HookPoint, rms_norm
+from .ops import TORCH_OPS, TorchOps
+from .reference_ops import StatePositions, accum_dtype, normalize_positions
 
 RETURN_TYPES = ("logits", "loss", "both", None)
 
@@ -77,10 +79,11 @@ class MambaBlock(nn.Module):
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: torch.Tensor, state_positions: StatePositions = None) -> torch.Tensor:
+    def forward(self, resid: torch.Tensor, state_positions: StatePositions = None,
+                ops: TorchOps = TORCH_OPS) -> torch.Tensor:
         """resid ``[batch, pos, d_model]`` -> ``[batch, pos, d_model]``."""
         resid = self.hook_resid_pre(resid)
-        out = self.mixer(self.norm(resid), state_positions)
+        out = self.mixer(self.norm(resid), state_positions, ops)
         return self.hook_resid_post(resid + out.to(resid.dtype))
 
 
@@ -182,27 +185,11 @@ class HookedMamba(HookedRootModule):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
-        if value == "cuda" and not cuda_ops.kernels_available():
-            try:
-                cuda_ops._modules()
-            except cuda_ops.KernelUnavailable as e:
-                raise cuda_ops.KernelUnavailable(f"backend='cuda' unavailable: {e}") from None
-            raise cuda_ops.KernelUnavailable("backend='cuda' needs a visible NVIDIA GPU")
-        self._backend = value
+        self._backend = ops_layer.check_backend(value)
 
     def resolved_backend(self) -> str:
         """The backend this forward will use: "cuda" or "torch"."""
-        device = self.backbone.embedding.weight.device
-        if self._backend == "torch":
-            return "torch"
-        if self._backend == "cuda":
-            if device.type != "cuda":
-                raise cuda_ops.KernelUnavailable(
-                    "backend='cuda' but the model is on the CPU: call model.to('cuda') first")
-            return "cuda"
-        return "cuda" if device.type == "cuda" and cuda_ops.kernels_available() else "torch"
+        return ops_layer.resolve_backend(self._backend, self.backbone.embedding.weight.device)
 
     # ---- forward -------------------------------------------------------------------------
     def _check_tokens(self, tokens) -> torch.Tensor:
@@ -237,36 +224,57 @@ class HookedMamba(HookedRootModule):
             tokens: ``[batch, pos]`` token ids (a 1-D tensor is treated as batch 1).
             return_type: ``"logits"`` ``[batch, pos, vocab]``, ``"loss"`` (mean next-token
                 cross-entropy), ``"both"`` (logits, loss) or None.
-            ssm_state_positions: None, ``"all"`` or a list of positions: fire ``hook_ssm_state``
-                with ``[batch, P, ...state]`` at those positions in every layer.
+            ssm_state_positions: None, ``"all"`` or a list of distinct integer positions (negatives
+                count from the end): fire ``hook_ssm_state`` with ``[batch, P, ...state]``, the states
+                at those positions in the order given, in every layer.
             stop_at_layer: if given, run only blocks ``[0, stop_at_layer)`` and return the
                 residual stream ``[batch, pos, d_model]``.
         """
         check_return_type(return_type)
         tokens = self._check_tokens(tokens)
-        backend = self.resolved_backend()
+        positions = normalize_positions(ssm_state_positions, tokens.shape[1], tokens.device)
+        ops = ops_layer.get_ops(self.resolved_backend())
         resid = self.embed(tokens)
         layers = self.backbone.layers if stop_at_layer is None else self.backbone.layers[:stop_at_layer]
         for block in layers:
-            block.mixer.backend = backend
-            resid = block(resid, ssm_state_positions)
+            resid = block(resid, positions, ops)
         if stop_at_layer is not None:
             return resid
         final = self.hook_resid_final(self.backbone.norm_f(resid).to(self.lm_head.weight.dtype))
         return model_output(self.lm_head(final)[..., : self.cfg.vocab_size], tokens, return_type)
 
     # ---- TransformerLens conveniences -----------------------------------------------------
+    def hook_point(self, name: str) -> HookPoint:
+        """The hook point ``name`` (``blocks.{i}.…`` or its module path ``backbone.layers.{i}.…``);
+        a :class:`UserError` naming the closest hook names if there is none."""
+        hp = self.mod_dict.get(name) if isinstance(name, str) else None
+        if isinstance(hp, HookPoint):
+            return hp
+        raise UserError(unknown_hook_message(name, list(self.hook_dict)))
+
+    def add_hook(self, name, hook, *args, **kwargs) -> None:
+        """As ``HookedRootModule.add_hook``; an unknown hook name is a :class:`UserError`."""
+        super().add_hook(self.hook_point(name).name if isinstance(name, str) else name, hook, *args, **kwargs)
+
+    def _enable_hook_with_name(self, name: str, hook, dir) -> None:
+        # run_with_hooks / hooks(): check the name before TransformerLens looks it up
+        super()._enable_hook_with_name(self.hook_point(name).name, hook, dir)
+
     def run_with_cache(self, *model_args, return_cache_object: bool = True, names_filter=None, **kwargs):
         """As ``HookedRootModule.run_with_cache``, returning an ``ActivationCache``.
 
         Per-timestep SSM states are large, so ``hook_ssm_state`` is cached only when asked for:
-        pass ``ssm_state_positions="all"`` (or a list), or name it in ``names_filter``.
+        pass ``ssm_state_positions="all"`` (or a list), or name it in ``names_filter``. A
+        ``names_filter`` string or list naming no hook is a :class:`UserError` (a callable is
+        used as given).
         """
         wants_states = kwargs.get("ssm_state_positions") is not None
         if names_filter is None and not wants_states:
             names_filter = _not_state_hook
         elif isinstance(names_filter, str):
-            names_filter = [names_filter]
+            names_filter = [self.hook_point(names_filter).name]
+        elif isinstance(names_filter, (list, tuple)):
+            names_filter = [self.hook_point(n).name for n in names_filter]
         out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if return_cache_object:
             return out, ActivationCache(cache_dict, self)
@@ -295,3 +303,11 @@ class HookedMamba(HookedRootModule):
 
 def _not_state_hook(name: str) -> bool:
     return not name.endswith("hook_ssm_state")
+
+
+def unknown_hook_message(name, names: list) -> str:
+    """One line: ``name`` is no hook, and the closest of ``names`` (difflib)."""
+    key = name.replace("backbone.layers.", "blocks.") if isinstance(name, str) else str(name)
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"hook names look like {', '.join(names[:3])}, ..."
+    return f"no hook named {name!r} in this model: {hint} (model.hook_dict lists all {len(names)})"

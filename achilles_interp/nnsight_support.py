@@ -20,8 +20,8 @@ hook_B, hook_C, hook_ssm_state, hook_ssm_out, hook_gated, hook_out), else nnsigh
 
 Module paths (usable directly on the envoy): ``backbone.layers[i].mixer.hook_conv_out`` (conv
 output, pre-activation), ``.hook_conv_act`` (u), ``.hook_ssm_out`` (scan output y incl. D u),
-``.hook_ssm_state`` (states; pass ``ssm_state_positions`` to the trace), ``.hook_gate`` (z),
-``.hook_gated``, ``.hook_out``.
+``.hook_ssm_state`` (states: at every position when the trace reads or sets it, or at the
+``ssm_state_positions`` given to the trace), ``.hook_gate`` (z), ``.hook_gated``, ``.hook_out``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,27 @@ STAGES = {
     "gated": "hook_gated",
     "mixer_out": "hook_out",
 }
+
+
+def waiting_on(module) -> bool:
+    """Whether an nnsight trace running now wants ``module``'s input or output.
+
+    nnsight (0.8) registers no PyTorch hook: it installs a controller as the module's ``forward``
+    and runs the trace body alongside the model, the body parked on the next location it reads or
+    writes. So a module is wanted when a worker is parked on one of its locations, or a
+    ``tracer.cache()`` observes it. An nnsight whose internals differ from this is taken to want
+    every module it instruments while a trace runs (safe: hooks fire, the fused path is skipped).
+    """
+    active = getattr(getattr(module.__dict__.get("forward"), "state", None), "active", None)
+    if not callable(active):
+        return False
+    interleaver, _, locations = active()
+    if interleaver is None:
+        return False
+    parked, observers = getattr(interleaver, "parked", None), getattr(interleaver, "observers", None)
+    if not isinstance(parked, (set, frozenset, dict)) or not isinstance(observers, dict):
+        return True
+    return any(loc in parked or loc in observers for loc in locations)
 
 
 def trace(model):

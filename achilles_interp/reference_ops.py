@@ -16,12 +16,16 @@ Mamba-2: A is one scalar per head; x is [nheads, headdim]; B, C are shared withi
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-StatePositions = Union[None, str, Sequence[int], torch.Tensor]
+from .inputs import InputError
+
+# None (no states), "all", or positions: a list / 1-D integer tensor (negatives count from the end).
+StatePositions = Union[None, str, int, Sequence[int], torch.Tensor]
 
 DEFAULT_CHUNK = 64
 
@@ -29,6 +33,90 @@ DEFAULT_CHUNK = 64
 def accum_dtype(t: torch.Tensor) -> torch.dtype:
     """Accumulation dtype of the reference: float64 for float64 inputs, else float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def needs_grad(*tensors) -> bool:
+    """True when autograd records this call: then it must run on something differentiable (the
+    reference, or a kernel wrapped with a backward), not on an inference-only kernel."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# State positions: the one parser / normaliser
+# ---------------------------------------------------------------------------------------------
+def position_list(state_positions) -> torch.Tensor:
+    """A list (or a 1-D integer tensor, or one int) of positions as a CPU LongTensor, as given.
+
+    Checks the form only (integers, flat, not empty); range and order rules are the caller's.
+    Raises :class:`InputError` naming the offending value.
+    """
+    if isinstance(state_positions, str):
+        raise InputError(f"state positions must be None, 'all' or a list of integer positions, "
+                         f"got the string {state_positions!r}")
+    if isinstance(state_positions, torch.Tensor):
+        t = state_positions
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex() or t.dim() > 1:
+            raise InputError(f"state positions as a tensor must be a 1-D integer tensor, got {t.dtype} "
+                             f"of shape {list(t.shape)}")
+        pos = t.detach().to("cpu", torch.long).reshape(-1)
+    else:
+        items = [state_positions] if isinstance(state_positions, int) else state_positions
+        try:
+            items = list(items)
+        except TypeError:
+            raise InputError(f"state positions must be None, 'all' or a list of integer positions, "
+                             f"got {type(state_positions).__name__}") from None
+        ints = []
+        for p in items:
+            try:
+                if isinstance(p, bool):
+                    raise TypeError
+                ints.append(operator.index(p))
+            except TypeError:
+                raise InputError(f"state positions must be integers, got {p!r} ({type(p).__name__}) "
+                                 f"in {state_positions!r}") from None
+        pos = torch.tensor(ints, dtype=torch.long)
+    if pos.numel() == 0:
+        raise InputError("state positions list is empty; pass None to skip the states")
+    return pos
+
+
+def normalize_positions(state_positions: StatePositions, L: int, device=None) -> Optional[torch.Tensor]:
+    """The rule for ``ssm_state_positions`` everywhere: None -> None; ``"all"`` -> ``arange(L)``;
+    a list / 1-D integer tensor -> LongTensor ``[P]`` on ``device`` **in the order given** (states come
+    back in that order), negatives counting from the end. Raises :class:`InputError` for
+    non-integers, positions outside ``[-L, L)`` and repeated positions."""
+    if state_positions is None:
+        return None
+    if isinstance(state_positions, str) and state_positions == "all":
+        return torch.arange(L, device=device)
+    pos = position_list(state_positions)
+    outside = pos[(pos < -L) | (pos >= L)]
+    if outside.numel():
+        raise InputError(f"state positions must lie in [-{L}, {L}) for a sequence of length {L} "
+                         f"(negatives count from the end), got {outside.tolist()[:8]}")
+    pos = torch.where(pos < 0, pos + L, pos)
+    uniq, counts = torch.unique(pos, return_counts=True)
+    if bool((counts > 1).any()):
+        raise InputError(f"state positions must be distinct (each state comes back once, in the order "
+                         f"asked); repeated: {uniq[counts > 1].tolist()[:8]} (after counting negatives from the end)")
+    return pos.to(device)
+
+
+def sort_positions(positions: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(positions sorted ascending, the index that puts states computed in that order back in the
+    order given, or None when they were sorted already)."""
+    if positions.numel() < 2 or bool((positions[1:] > positions[:-1]).all()):
+        return positions, None
+    ascending, order = torch.sort(positions)
+    return ascending, torch.argsort(order)
+
+
+def _add_skip(y: torch.Tensor, x: torch.Tensor, D: Optional[torch.Tensor]) -> torch.Tensor:
+    """y + D x in y's (accumulation) dtype, returned in x's dtype; D broadcasts against x."""
+    if D is not None:
+        y = y + x.to(y.dtype) * D.to(y.dtype)
+    return y.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,52 +194,43 @@ def scan_chunk(log_a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor])
     return states.reshape(batch, C * S, *states.shape[3:])[:, :T]
 
 
-def _normalize_positions(state_positions: StatePositions, L: int, device) -> Optional[torch.Tensor]:
-    """None -> None; "all" -> arange(L); list/tensor -> sorted unique LongTensor, bounds-checked."""
-    if state_positions is None:
-        return None
-    if isinstance(state_positions, str):
-        if state_positions != "all":
-            raise ValueError(f"state positions must be None, 'all' or a list of ints, got {state_positions!r}")
-        return torch.arange(L, device=device)
-    pos = torch.as_tensor(state_positions, dtype=torch.long, device=device).flatten()
-    if pos.numel() == 0:
-        raise ValueError("state positions list is empty; pass None to skip states")
-    pos = torch.where(pos < 0, pos + L, pos)
-    if bool((pos < 0).any()) or bool((pos >= L).any()):
-        raise ValueError(f"state positions must lie in [-{L}, {L}) for a sequence of length {L}, "
-                         f"got {torch.as_tensor(state_positions).tolist()}")
-    return torch.unique(pos)
-
-
 def chunked_scan(
     make_inputs: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
     readout: Callable[[torch.Tensor, int, int], torch.Tensor],
-    L: int,
-    h0: torch.Tensor,
-    positions: Optional[torch.Tensor] = None,
+    x: torch.Tensor,
+    D: Optional[torch.Tensor],
+    h0: Optional[torch.Tensor],
+    state_positions: StatePositions = None,
     chunk: int = DEFAULT_CHUNK,
     inject: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """Run h_t = exp(log_a_t) h_{t-1} + b_t over L steps, chunk by chunk.
+    """Run h_t = exp(log_a_t) h_{t-1} + b_t over the L = ``x.shape[1]`` steps, chunk by chunk, and
+    read out y_t = readout(h_t) + D x_t.
 
     Only one chunk of states (``[batch, chunk, *state]``) is alive at a time unless states are
     requested, so memory is O(batch * chunk * state) plus the requested states.
 
     Args:
         make_inputs: ``(t0, t1) -> (log_a, b)`` for tokens t0..t1-1, each ``[batch, t1-t0, ...]``.
-        readout: ``(h [batch, t1-t0, *state], t0, t1) -> y [batch, t1-t0, ...]``.
-        L: sequence length.
-        h0: ``[batch, *state]`` initial state (zeros for a fresh sequence).
-        positions: sorted LongTensor of positions whose states to return, or None.
+        readout: ``(h [batch, t1-t0, *state], t0, t1) -> [batch, t1-t0, ...]``, the C h part of y.
+        x: ``[batch, L, ...]`` the scan input (for the skip D x, and y's dtype and device).
+        D: the skip, broadcastable against x, or None.
+        h0: ``[batch, *state]`` initial state, or None for zeros.
+        state_positions: positions whose states to return (see :func:`normalize_positions`).
         inject: optional ``(positions [P], delta [batch, P, *state])`` added to h at those
             positions before the recurrence carries on (an additive state edit; with a
             zero-valued delta that carries gradient it yields dL/dh_t through the recurrence).
     Returns:
-        y ``[batch, L, ...]``, states ``[batch, P, *state]`` (or None), last state ``[batch, *state]``.
+        y ``[batch, L, ...]`` in x's dtype, states ``[batch, P, *state]`` in the order asked (or
+        None), last state ``[batch, *state]``; states in the accumulation dtype.
     """
+    L = x.shape[1]
+    positions = normalize_positions(state_positions, L, x.device)
+    restore = None
+    if positions is not None:
+        positions, restore = sort_positions(positions)
     ys, kept = [], []
-    h = h0
+    h = None if h0 is None else h0.to(accum_dtype(x))
     for t0 in range(0, L, chunk):
         t1 = min(t0 + chunk, L)
         log_a, b = make_inputs(t0, t1)
@@ -169,7 +248,9 @@ def chunked_scan(
     states = None
     if positions is not None:
         states = torch.cat(kept, dim=1)
-    return torch.cat(ys, dim=1), states, h
+        if restore is not None:
+            states = states.index_select(1, restore)
+    return _add_skip(torch.cat(ys, dim=1), x, D), states, h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,20 +277,15 @@ def selective_scan_ref(
         B, C: ``[batch, pos, d_state]`` input / output projections.
         D: ``[d_inner]`` skip, or None.
         h0: ``[batch, d_inner, d_state]`` initial state, or None for zeros.
-        state_positions: None, "all", or positions whose states to return.
+        state_positions: None, "all", or positions whose states to return (in that order).
         inject: optional additive state edit ``(positions, delta [batch, P, d_inner, d_state])``,
             see :func:`chunked_scan`.
     Returns:
         y ``[batch, pos, d_inner]`` (fp32 math, u's dtype), states ``[batch, P, d_inner, d_state]``
         (fp32) or None, last state ``[batch, d_inner, d_state]`` (fp32).
     """
-    batch, L, d_inner = u.shape
-    d_state = A.shape[-1]
-    f32 = accum_dtype(u)
-    u_, dt_, A_, B_, C_ = (t.to(f32) for t in (u, dt, A, B, C))
-    positions = _normalize_positions(state_positions, L, u.device)
-    if h0 is None:
-        h0 = torch.zeros(batch, d_inner, d_state, dtype=f32, device=u.device)
+    f = accum_dtype(u)
+    u_, dt_, A_, B_, C_ = (t.to(f) for t in (u, dt, A, B, C))
 
     def make_inputs(t0: int, t1: int):
         dt_c = dt_[:, t0:t1, :, None]                                    # [b, T, d, 1]
@@ -218,10 +294,7 @@ def selective_scan_ref(
     def readout(h: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
         return torch.einsum("btdn,btn->btd", h, C_[:, t0:t1])
 
-    y, states, last = chunked_scan(make_inputs, readout, L, h0.to(f32), positions, chunk, inject)
-    if D is not None:
-        y = y + u_ * D.to(f32)
-    return y.to(u.dtype), states, last
+    return chunked_scan(make_inputs, readout, u, D, h0, state_positions, chunk, inject)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,19 +326,15 @@ def ssd_scan_ref(
         B, C: ``[batch, pos, ngroups, d_state]``.
         D: ``[nheads]`` or None.
         h0: ``[batch, nheads, headdim, d_state]`` or None.
-        inject: optional additive state edit, see :func:`chunked_scan`.
+        state_positions, inject: as :func:`selective_scan_ref`.
     Returns:
         y ``[batch, pos, nheads, headdim]``, states ``[batch, P, nheads, headdim, d_state]`` or
         None, last state ``[batch, nheads, headdim, d_state]``.
     """
-    batch, L, nheads, headdim = x.shape
-    d_state = B.shape[-1]
-    f32 = accum_dtype(x)
-    x_, dt_, A_ = x.to(f32), dt.to(f32), A.to(f32)
-    Bh, Ch = _expand_groups(B.to(f32), nheads), _expand_groups(C.to(f32), nheads)
-    positions = _normalize_positions(state_positions, L, x.device)
-    if h0 is None:
-        h0 = torch.zeros(batch, nheads, headdim, d_state, dtype=f32, device=x.device)
+    nheads = x.shape[2]
+    f = accum_dtype(x)
+    x_, dt_, A_ = x.to(f), dt.to(f), A.to(f)
+    Bh, Ch = _expand_groups(B.to(f), nheads), _expand_groups(C.to(f), nheads)
 
     def make_inputs(t0: int, t1: int):
         dt_c = dt_[:, t0:t1]                                             # [b, T, h]
@@ -276,10 +345,8 @@ def ssd_scan_ref(
     def readout(h: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
         return torch.einsum("bthpn,bthn->bthp", h, Ch[:, t0:t1])
 
-    y, states, last = chunked_scan(make_inputs, readout, L, h0.to(f32), positions, chunk, inject)
-    if D is not None:
-        y = y + x_ * D.to(f32)[:, None]
-    return y.to(x.dtype), states, last
+    skip = None if D is None else D[:, None]
+    return chunked_scan(make_inputs, readout, x, skip, h0, state_positions, chunk, inject)
 
 
 def _segsum(a: torch.Tensor) -> torch.Tensor:
@@ -339,6 +406,4 @@ def ssd_chunked_ref(
     # 4. contribution of the state entering each chunk
     y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, prev_states, torch.exp(A_cum))
     y = (y_diag + y_off).reshape(batch, nc * T, nheads, headdim)[:, :L]
-    if D is not None:
-        y = y + x.to(f32) * D.to(f32)[:, None]
-    return y.to(x.dtype), last
+    return _add_skip(y, x, None if D is None else D[:, None]), last

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from achilles_interp import HookedMamba, MambaConfig
+from achilles_interp.ops import CUDA_OPS, TORCH_OPS
 
 pytestmark = pytest.mark.cuda
 
@@ -109,13 +110,12 @@ def test_mixer_equals_mamba_ssm_module(mixer):
     model = HookedMamba(cfg, backend="cuda").cuda()
     mixer_mod = model.blocks[0].mixer
     mixer_mod.load_state_dict(theirs.state_dict())
-    mixer_mod.backend = "cuda"
     x = torch.randn(2, 150, 64, device="cuda")
     with torch.no_grad():
         ref = theirs(x)
-        assert rel_err(mixer_mod(x), ref) <= 1e-3
-        mixer_mod.backend = "torch"
-        assert rel_err(mixer_mod(x), ref) <= 1e-3
+        assert rel_err(mixer_mod(x, None, CUDA_OPS), ref) <= 1e-3
+        assert rel_err(mixer_mod(x, None, TORCH_OPS), ref) <= 1e-3
+        assert rel_err(mixer_mod(x), ref) <= 1e-3                    # the reference by default
 
 
 @pytest.mark.parametrize("mixer,fused", [("mamba1", "mamba_inner_fn"), ("mamba2", "mamba_split_conv1d_scan_combined")])
@@ -132,3 +132,46 @@ def test_hooks_off_forward_uses_fused_kernel(mixer, fused, monkeypatch):
         assert len(calls) == fast.cfg.n_layers
         fast.run_with_cache(tokens)
         assert len(calls) == fast.cfg.n_layers, "hooks attached: the fused path must not run"
+
+
+@pytest.mark.parametrize("mixer,fused", [("mamba1", "mamba_inner_fn"), ("mamba2", "mamba_split_conv1d_scan_combined")])
+def test_plain_and_nnsight_hooks_fire_on_the_cuda_backend(mixer, fused, monkeypatch):
+    """Hooks that are not TransformerLens hooks (a plain forward hook, an nnsight trace) keep their
+    mixer off the fused kernel, so they fire; the other mixers stay fused."""
+    from achilles_interp.kernels import cuda_ops
+    from achilles_interp.nnsight_support import trace
+    ref, fast = pair(mixer)
+    calls = []
+    real = cuda_ops.kernel(fused)
+    monkeypatch.setitem(cuda_ops._modules(), fused, lambda *a, **k: calls.append(1) or real(*a, **k))
+    tokens = torch.randint(0, 300, (2, 64), device="cuda")
+    with torch.no_grad():
+        _, cache = ref.run_with_cache(tokens, ssm_state_positions="all")
+        seen = {}
+        handle = fast.blocks[0].mixer.hook_conv_act.register_forward_hook(
+            lambda mod, inp, out: seen.__setitem__("u", out.detach().clone()))
+        out = fast(tokens)
+        handle.remove()
+    assert len(calls) == 1, "layer 0 hooked, layer 1 fused"
+    assert rel_err(seen["u"], cache["blocks.0.mixer.hook_conv_act"]) <= 1e-3
+    assert rel_err(out, ref(tokens)) <= 1e-3
+    calls.clear()
+    nn_model = trace(fast)
+    with nn_model.trace(tokens):
+        y = nn_model.backbone.layers[1].mixer.hook_ssm_state.output.save()
+    assert len(calls) == 1, "layer 1 read by nnsight, layer 0 fused"
+    assert rel_err(y, cache["blocks.1.mixer.hook_ssm_state"]) <= 1e-3
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_cuda_states_in_the_order_asked(mixer):
+    """States from the state-emitting kernels (Mamba-1 and Mamba-2 Triton scans) in the order asked."""
+    ref, fast = pair(mixer)
+    tokens = torch.randint(0, 300, (2, 150), device="cuda")
+    name = "blocks.1.mixer.hook_ssm_state"
+    with torch.no_grad():
+        _, c_ref = ref.run_with_cache(tokens, ssm_state_positions=[149, 3, -70])
+        _, c_fast = fast.run_with_cache(tokens, ssm_state_positions=[149, 3, -70])
+        _, c_all = fast.run_with_cache(tokens, ssm_state_positions="all")
+    assert rel_err(c_fast[name], c_ref[name]) <= 1e-3
+    assert rel_err(c_fast[name], c_all[name][:, [149, 3, 80]]) <= 1e-5

@@ -25,16 +25,21 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+def _ours_and_hf(hf_class, cfg, tmp_path, seed: int):
+    """A randomised HF model, saved with `save_pretrained`, and ours loaded from that directory."""
+    torch.manual_seed(0)
+    hf = hf_class(cfg).eval()
+    _randomise(hf, seed)
+    hf.save_pretrained(tmp_path)
+    return HookedMamba.from_pretrained(tmp_path, backend="torch").eval(), hf
+
+
 @pytest.mark.parametrize("conv_bias,use_bias", [(True, False), (False, True)])
 def test_mamba1_logits_match_hf(tmp_path, conv_bias, use_bias):
     cfg = transformers.MambaConfig(vocab_size=97, hidden_size=48, state_size=8, num_hidden_layers=3,
                                    expand=2, conv_kernel=4, use_conv_bias=conv_bias, use_bias=use_bias,
                                    time_step_rank=5, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    hf = transformers.MambaForCausalLM(cfg).eval()
-    _randomise(hf, 1)
-    hf.save_pretrained(tmp_path)
-    ours = HookedMamba.from_pretrained(tmp_path, backend="torch").eval()
+    ours, hf = _ours_and_hf(transformers.MambaForCausalLM, cfg, tmp_path, 1)
     tokens = torch.randint(0, 97, (3, 37))
     with torch.no_grad():
         ref = hf(tokens).logits
@@ -48,11 +53,7 @@ def test_mamba2_logits_match_hf(tmp_path, n_groups):
     cfg = transformers.Mamba2Config(vocab_size=89, hidden_size=64, state_size=16, num_hidden_layers=2,
                                     expand=2, head_dim=16, num_heads=8, n_groups=n_groups, conv_kernel=4,
                                     chunk_size=8, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    hf = transformers.Mamba2ForCausalLM(cfg).eval()
-    _randomise(hf, 2)
-    hf.save_pretrained(tmp_path)
-    ours = HookedMamba.from_pretrained(tmp_path, backend="torch").eval()
+    ours, hf = _ours_and_hf(transformers.Mamba2ForCausalLM, cfg, tmp_path, 2)
     assert ours.cfg.mixer == "mamba2" and ours.cfg.ngroups == n_groups
     tokens = torch.randint(0, 89, (2, 29))
     with torch.no_grad():

@@ -65,3 +65,29 @@ def test_bad_stage(model):
         stage(nn_model, 0, "attention")
     with pytest.raises(ValueError, match="layer must be in"):
         stage(nn_model, 5, "conv")
+
+
+def test_state_hook_can_be_saved_and_set(model):
+    """hook_ssm_state is reachable from nnsight: saved (all positions, or those asked for, in that
+    order) and set (the edit propagates as a TransformerLens hook's does)."""
+    tok = torch.randint(0, 20, (2, 6))
+    nn_model = trace(model)
+    _, cache = model.run_with_cache(tok, ssm_state_positions="all")
+    with nn_model.trace(tok):
+        s1 = stage(nn_model, 1, "state").output.save()
+    torch.testing.assert_close(s1, cache["blocks.1.mixer.hook_ssm_state"])
+    with nn_model.trace(tok, ssm_state_positions=[4, 1]):
+        s0 = stage(nn_model, 0, "state").output.save()
+    torch.testing.assert_close(s0, cache["blocks.0.mixer.hook_ssm_state"][:, [4, 1]])
+
+    with nn_model.trace(tok):
+        stage(nn_model, 0, "state").output[:, 2] = 0.0
+        logits = nn_model.output.save()
+
+    def zero_t2(states, hook):
+        states = states.clone()
+        states[:, 2] = 0.0
+        return states
+    ref = model.run_with_hooks(tok, fwd_hooks=[("blocks.0.mixer.hook_ssm_state", zero_t2)])
+    torch.testing.assert_close(logits, ref)
+    assert not torch.allclose(logits, model(tok), atol=1e-6)

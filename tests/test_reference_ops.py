@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from achilles_interp import InputError
 from achilles_interp.reference_ops import (
     causal_conv1d_ref,
     selective_scan_ref,
@@ -55,11 +56,13 @@ def test_selective_scan_matches_naive_loop(L, chunk, seed):
     torch.testing.assert_close(last, h_ref[:, -1], rtol=1e-10, atol=1e-10)
 
 
-def test_selective_scan_position_list_and_negative_index():
+def test_selective_scan_position_list_in_order_asked_and_negative_index():
     args, h0 = mamba1_inputs(2, 20, 3, 4, 7)
     _, h_ref = naive_mamba1(**args, h0=h0)
-    _, states, _ = selective_scan_ref(**args, h0=h0, state_positions=[17, 2, -1, 2], chunk=8)
-    torch.testing.assert_close(states, h_ref[:, [2, 17, 19]])
+    _, states, _ = selective_scan_ref(**args, h0=h0, state_positions=[17, 2, -1], chunk=8)
+    torch.testing.assert_close(states, h_ref[:, [17, 2, 19]])
+    _, states, _ = selective_scan_ref(**args, h0=h0, state_positions=torch.tensor([3, 11]), chunk=8)
+    torch.testing.assert_close(states, h_ref[:, [3, 11]])
 
 
 def test_selective_scan_long_decay_is_stable():
@@ -120,7 +123,9 @@ def test_causal_conv_matches_definition():
 
 def test_bad_state_positions_are_rejected():
     args, h0 = mamba1_inputs(1, 5, 2, 2, 0)
-    with pytest.raises(ValueError, match=r"lie in \[-5, 5\)"):
-        selective_scan_ref(**args, state_positions=[5])
-    with pytest.raises(ValueError, match="'all'"):
-        selective_scan_ref(**args, state_positions="every")
+    for bad, match in [([5], r"lie in \[-5, 5\)"), ("every", "'all'"), ([1.5], r"integers, got 1\.5"),
+                       (["3"], "integers, got '3'"), ([True], "integers"), ([2, 2], r"distinct.*\[2\]"),
+                       ([4, -1], r"distinct.*\[4\]"), ([], "empty"), (torch.tensor([1.0]), "integer tensor"),
+                       ([[1]], "integers")]:
+        with pytest.raises(InputError, match=match):
+            selective_scan_ref(**args, state_positions=bad)

@@ -2,8 +2,8 @@
 
 ``import mamba_ssm`` loads the compiled ``selective_scan_cuda`` extension unconditionally and fails
 on a machine without it, so nothing here imports it at module import time. Each wrapper takes the
-time-major layouts the hooked mixers use (``[batch, pos, ...]``) and returns the same, so the mixers
-call either these or :mod:`achilles_interp.reference_ops` with the same arguments.
+time-major layouts the hooked mixers use (``[batch, pos, ...]``) and returns the same;
+:class:`achilles_interp.ops.CudaOps` puts them behind the interface the reference also implements.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import functools
 from typing import Optional
 
 import torch
+
+from ..reference_ops import sort_positions
 
 
 class KernelUnavailable(RuntimeError):
@@ -97,22 +99,24 @@ def ssd_scan_cuda(x, dt, A, B, C, D, h0, chunk_size: int):
     return y, last
 
 
-def needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def selective_scan_states_cuda(u, dt, A, B, C, D, h0=None, positions=None):
     """Mamba-1 scan that also emits states, on the Triton kernel (inference only).
 
     Time-major layouts as :func:`selective_scan_cuda`; h0 ``[batch, d_inner, d_state]`` or None;
-    positions a sorted LongTensor or None. Returns (y ``[batch, pos, d_inner]``,
+    positions a LongTensor of distinct positions in any order (the kernel walks them sorted; the
+    states come back in the order given), or None. Returns (y ``[batch, pos, d_inner]``,
     states ``[batch, P, d_inner, d_state]`` fp32 or None, last state ``[batch, d_inner, d_state]``).
     """
     from .triton_scan import selective_scan_states
 
+    restore = None
+    if positions is not None:
+        positions, restore = sort_positions(positions)
     y, states, last = selective_scan_states(
         u.transpose(1, 2), dt.transpose(1, 2), A.float(), B.transpose(1, 2), C.transpose(1, 2),
         None if D is None else D.float(), initial_state=None if h0 is None else h0.float(),
         state_positions=positions,
     )
+    if restore is not None:
+        states = states.index_select(1, restore.to(states.device))
     return y.transpose(1, 2), states, last

@@ -29,9 +29,11 @@ gradients). ``import`` of this module never needs Triton or a GPU; calling the f
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
+
+from ..reference_ops import StatePositions, needs_grad, position_list
 
 try:  # Triton is optional: this module must import on machines without it.
     import triton
@@ -44,8 +46,6 @@ except Exception as _e:  # ImportError, or a broken install
     _TRITON_IMPORT_ERROR = _e
 
 __all__ = ["selective_scan_states", "triton_available", "TritonUnavailable"]
-
-StatePositions = Union[None, str, Sequence[int], torch.Tensor]
 
 _FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16)
 _MODE_NONE, _MODE_ALL, _MODE_LIST = 0, 1, 2
@@ -241,26 +241,9 @@ def _positions(state_positions: StatePositions, L: int, device: torch.device):
     """(mode, positions ``[P + 1]`` int32 ending in a -1 sentinel (list mode) or None, P)."""
     if state_positions is None:
         return _MODE_NONE, None, 0
-    if isinstance(state_positions, str):
-        if state_positions != "all":
-            raise ValueError(f"state_positions must be None, 'all' or sorted unique positions, "
-                             f"got the string {state_positions!r}")
+    if isinstance(state_positions, str) and state_positions == "all":
         return _MODE_ALL, None, L
-    if isinstance(state_positions, torch.Tensor):
-        if state_positions.is_floating_point() or state_positions.is_complex() or state_positions.dim() != 1:
-            raise ValueError("state_positions as a tensor must be a 1-D integer tensor, got "
-                             f"{state_positions.dtype} of shape {_shape(state_positions)}")
-        pos = state_positions.detach().to("cpu", torch.long)
-    else:
-        try:
-            pos = torch.as_tensor(list(state_positions), dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError("state_positions must be None, 'all' or a list of ints, "
-                             f"got {state_positions!r}") from e
-        if pos.dim() != 1:
-            raise ValueError(f"state_positions must be a flat list of ints, got shape {_shape(pos)}")
-    if pos.numel() == 0:
-        raise ValueError("state_positions is empty; pass None to skip the states")
+    pos = position_list(state_positions)       # integers, 1-D, not empty (the shared parser)
     if int(pos.min()) < 0 or int(pos.max()) >= L:
         raise ValueError(f"state_positions must lie in [0, {L}) for a sequence of length L={L}, "
                          f"got min {int(pos.min())}, max {int(pos.max())}")
@@ -429,8 +412,7 @@ def selective_scan_states(
         ValueError: wrong shapes, dtypes, devices or positions (the message says what is allowed).
         TritonUnavailable: Triton is not installed, or the tensors are not on a CUDA device.
     """
-    tensors = (u, delta, A, B, C, D, delta_bias, initial_state)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+    if needs_grad(u, delta, A, B, C, D, delta_bias, initial_state):
         return _SelectiveScanStates.apply(u, delta, A, B, C, D, delta_bias, initial_state,
                                           delta_softplus, state_positions)
     return _scan_impl(u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, state_positions)

@@ -1,0 +1,188 @@
+"""The ops layer: the small interface the hooked mixers compute with, in two implementations.
+
+* :class:`TorchOps`: the PyTorch reference (:mod:`achilles_interp.reference_ops`). Any device,
+  differentiable, vectorised; the spec the kernels are tested against.
+* :class:`CudaOps`: the fused kernels of ``mamba-ssm`` / ``causal-conv1d`` and the Triton
+  state-emitting scans (:mod:`achilles_interp.kernels`). Where no kernel can do what a call asks
+  (an additive state edit, a gradient through an inference-only kernel) it runs the reference.
+
+``HookedMamba.forward`` picks one per forward (:func:`get_ops`) and passes it down; the mixers
+call it, one line per stage, and never look at the backend themselves (the arrangement of
+``mamba_ssm``'s ``mamba_simple.py``: the fast path behind one guard, a reference with the
+kernel's own signature). Layouts are time-major, ``[batch, pos, ...]``, as the mixers hold them.
+
+Interface::
+
+    conv(x, weight, bias)                               causal depthwise conv, no activation
+    selective_scan(u, dt, A, B, C, D, h0, positions, inject)            Mamba-1 -> (y, states, last)
+    ssd_scan(x, dt, A, B, C, D, chunk_size, h0, positions, inject)      Mamba-2 -> (y, states, last)
+    can_fuse(mixer, state_positions) / fused(mixer, hidden)             the whole mixer as one kernel
+    normalize_positions(state_positions, L, device)     the one rule for state positions
+
+``positions`` (states to return, in that order) and ``inject`` (an additive state edit, see
+:func:`achilles_interp.reference_ops.chunked_scan`) are optional; ``states`` is None without
+positions, and ``last`` (the final state) may be None on the kernel path when no ``h0`` or
+positions were given.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Optional
+
+import torch
+
+from .config import BACKENDS
+from .errors import UserError
+from .kernels import cuda_ops
+from .reference_ops import (
+    DEFAULT_CHUNK,
+    StatePositions,
+    causal_conv1d_ref,
+    needs_grad,
+    normalize_positions,
+    selective_scan_ref,
+    ssd_chunked_ref,
+    ssd_scan_ref,
+)
+
+__all__ = ["TorchOps", "CudaOps", "TORCH_OPS", "CUDA_OPS", "get_ops", "check_backend", "resolve_backend",
+           "normalize_positions", "StatePositions"]
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class TorchOps:
+    """The PyTorch reference implementation of the ops interface."""
+
+    name = "torch"
+    normalize_positions = staticmethod(normalize_positions)
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """Causal depthwise conv, no activation: x ``[batch, pos, channels]`` -> same shape."""
+        return causal_conv1d_ref(x, weight, bias)
+
+    def selective_scan(self, u, dt, A, B, C, D, h0=None, positions=None, inject=None):
+        """Mamba-1 scan, shapes as :func:`~achilles_interp.reference_ops.selective_scan_ref`."""
+        return selective_scan_ref(u, dt, A, B, C, D, h0=h0, state_positions=positions, inject=inject)
+
+    def ssd_scan(self, x, dt, A, B, C, D, chunk_size: int, h0=None, positions=None, inject=None):
+        """Mamba-2 scan, shapes as :func:`~achilles_interp.reference_ops.ssd_scan_ref`. Without
+        states or edits it takes the SSD block form, which never materialises a per-token state.
+        ``chunk_size`` tiles the kernels; the reference keeps its own chunk (the math is the same)."""
+        if positions is None and inject is None:
+            y, last = ssd_chunked_ref(x, dt, A, B, C, D, h0=h0, chunk=DEFAULT_CHUNK)
+            return y, None, last
+        return ssd_scan_ref(x, dt, A, B, C, D, h0=h0, state_positions=positions, inject=inject)
+
+    def can_fuse(self, mixer, state_positions: StatePositions) -> bool:
+        """Whether ``mixer`` may run as one fused kernel (never, on the reference)."""
+        return False
+
+    def fused(self, mixer, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("the PyTorch reference has no fused mixer kernel")
+
+
+class CudaOps(TorchOps):
+    """The CUDA-kernel implementation of the ops interface (GPU only; kernels import lazily)."""
+
+    name = "cuda"
+
+    def conv(self, x, weight, bias):
+        return cuda_ops.causal_conv1d_cuda(x, weight, bias)
+
+    def selective_scan(self, u, dt, A, B, C, D, h0=None, positions=None, inject=None):
+        """``selective_scan_fn`` for a plain scan; the Triton kernel for states or a start state
+        (inference only); the reference for edits and for gradients through states or h0."""
+        if inject is None and h0 is None and positions is None:
+            return cuda_ops.selective_scan_cuda(u, dt, A, B, C, D), None, None
+        if inject is None and not needs_grad(u, dt, A, B, C, D, h0):
+            return cuda_ops.selective_scan_states_cuda(u, dt, A, B, C, D, h0=h0, positions=positions)
+        return super().selective_scan(u, dt, A, B, C, D, h0, positions, inject)
+
+    def ssd_scan(self, x, dt, A, B, C, D, chunk_size, h0=None, positions=None, inject=None):
+        """``mamba_chunk_scan_combined`` without states; with states, the Triton state-emitting SSD
+        kernel (:mod:`achilles_interp.kernels.ssd_states`, differentiable by recomputation); the
+        reference for edits, for float64, or when that kernel does not import (with a warning)."""
+        if inject is None and positions is None:
+            y, last = cuda_ops.ssd_scan_cuda(x, dt, A, B, C, D, None if h0 is None else h0.float().contiguous(),
+                                             chunk_size)
+            return y, None, last
+        kernel = _ssd_states_kernel() if inject is None and x.dtype in _KERNEL_DTYPES else None
+        if kernel is not None:
+            return kernel(x, dt, A, B, C, chunk_size, D=D, dt_softplus=False, initial_states=h0,
+                          state_positions=positions, backend="triton")
+        return super().ssd_scan(x, dt, A, B, C, D, chunk_size, h0, positions, inject)
+
+    def can_fuse(self, mixer, state_positions):
+        """The fast path's one guard: no state asked for, the standard conv, and nothing observing
+        any module inside the mixer (no hook of any kind and no nnsight trace could see inside the
+        kernel)."""
+        return state_positions is None and mixer.cfg.conv_mode == "standard" and not mixer.any_hooks()
+
+    def fused(self, mixer, hidden):
+        """Mamba-1: ``mamba_inner_fn``; Mamba-2: ``mamba_split_conv1d_scan_combined`` (conv, scan,
+        gated norm and out_proj in one call)."""
+        cfg = mixer.cfg
+        if cfg.mixer == "mamba1":
+            xz = mixer.in_proj(hidden).transpose(1, 2)                 # [batch, 2*d_inner, pos]
+            return cuda_ops.kernel("mamba_inner_fn")(
+                xz.contiguous(), mixer.conv1d.weight, mixer.conv1d.bias, mixer.x_proj.weight,
+                mixer.dt_proj.weight, mixer.out_proj.weight, mixer.out_proj.bias, mixer.A, None, None,
+                mixer.D.float(), delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True,
+            )
+        kwargs = {} if cfg.dt_limit == (0.0, float("inf")) else {"dt_limit": cfg.dt_limit}
+        return cuda_ops.kernel("mamba_split_conv1d_scan_combined")(
+            mixer.in_proj(hidden), mixer.conv1d.weight.reshape(cfg.conv_dim, -1), mixer.conv1d.bias,
+            mixer.dt_bias, mixer.A, D=mixer.D, chunk_size=cfg.chunk_size, activation="silu",
+            rmsnorm_weight=mixer.norm.weight, rmsnorm_eps=cfg.norm_eps, outproj_weight=mixer.out_proj.weight,
+            outproj_bias=mixer.out_proj.bias, headdim=cfg.headdim, ngroups=cfg.ngroups,
+            norm_before_gate=cfg.norm_before_gate, **kwargs,
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _ssd_states_kernel():
+    """The Triton SSD scan with states, or None (warned once) when it does not import."""
+    try:
+        from .kernels.ssd_states import ssd_scan_states
+    except ImportError as e:
+        warnings.warn("Mamba-2 SSM states on the CUDA backend fall back to the PyTorch reference: the "
+                      f"Triton kernel achilles_interp.kernels.ssd_states did not import ({e})", stacklevel=3)
+        return None
+    return ssd_scan_states
+
+
+TORCH_OPS = TorchOps()
+CUDA_OPS = CudaOps()
+
+
+def get_ops(backend: str) -> TorchOps:
+    """The implementation for a resolved backend, ``"torch"`` or ``"cuda"``."""
+    return CUDA_OPS if backend == "cuda" else TORCH_OPS
+
+
+def check_backend(value: str) -> str:
+    """``value`` if it names a backend that can run here; else an error saying why not."""
+    if value not in BACKENDS:
+        raise UserError(f"backend must be one of {BACKENDS}, got {value!r}")
+    if value == "cuda" and not cuda_ops.kernels_available():
+        try:
+            cuda_ops._modules()
+        except cuda_ops.KernelUnavailable as e:
+            raise cuda_ops.KernelUnavailable(f"backend='cuda' unavailable: {e}") from None
+        raise cuda_ops.KernelUnavailable("backend='cuda' needs a visible NVIDIA GPU")
+    return value
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"cuda"`` or ``"torch"`` for a model whose parameters are on ``device``: ``"auto"`` takes the
+    kernels when they import and the model is on a GPU."""
+    if backend == "torch":
+        return "torch"
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise cuda_ops.KernelUnavailable("backend='cuda' but the model is on the CPU: call model.to('cuda') first")
+        return "cuda"
+    return "cuda" if device.type == "cuda" and cuda_ops.kernels_available() else "torch"
