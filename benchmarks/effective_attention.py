@@ -1,4 +1,6 @@
-"""Mamba-1 effective attention on the GPU: time and peak memory of the tiled Triton kernel.
+"""Effective attention on the GPU: time and peak memory of the tiled Triton kernels (Mamba-1 or Mamba-2).
+
+``--mixer mamba1`` (default):
 
 Prints one table from a single run: batch 1, d_inner 1536, d_state 16, L 4096 (--quick: small),
   * channel-summed map [b, L, L] over all channels (reduce="sum"), Triton and the chunked PyTorch
@@ -10,7 +12,14 @@ Peak memory is torch.cuda.max_memory_allocated() during the call minus what was 
 (the inputs). Times: median of triton.testing.do_bench for Triton (after the first, compiling call); one call
 timed with CUDA events for PyTorch (seconds long; no compilation).
 
-Usage (device): python benchmarks/effective_attention.py [--quick] [--json PATH]
+``--mixer mamba2`` (SSD, one scalar decay per head; issue #17): batch 1, d_inner 1536 = 24 heads x 64,
+d_state 128, one group, L 4096 (--quick: small):
+  * head-summed map [b, L, L] (reduce="sum"; the d_inner channel sum is headdim times it), Triton and
+    the chunked PyTorch implementation; target < 100 ms and < 1 GB peak;
+  * per-head maps [b, 24, L, L] for all heads (the output alone is 1.6 GB), Triton and PyTorch;
+  * the materialising method ([b, d_inner, d_state, L, L], every channel and state term): its size.
+
+Usage (device): python benchmarks/effective_attention.py [--mixer mamba1|mamba2] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -40,11 +49,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--mixer", choices=("mamba1", "mamba2"), default="mamba1",
+                   help="mamba1: per-channel maps; mamba2: per-head (SSD) maps")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/effective_attention.py needs a GPU", file=sys.stderr)
         return 2
     from triton.testing import do_bench
+
+    if args.mixer == "mamba2":
+        return main_mamba2(args, do_bench)
 
     from achilles_interp.kernels.effective_attention import (
         effective_attention_torch,
@@ -104,6 +118,62 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(device=dev, card_bytes=card, batch=batch, d_inner=d_inner, d_state=d_state, L=L,
                            rows=rows, materialise_bytes=materialise, materialise_fits=fits), f, indent=2)
+    return 0
+
+
+def main_mamba2(args, do_bench) -> int:
+    from achilles_interp.kernels.effective_attention import (
+        ssd_effective_attention_torch,
+        ssd_effective_attention_triton,
+    )
+
+    batch, d_inner, headdim, d_state, L = (1, 256, 64, 128, 512) if args.quick else (1, 1536, 64, 128, 4096)
+    nheads = d_inner // headdim
+    g = torch.Generator(device="cuda").manual_seed(0)
+    dt = 0.5 * torch.randn(batch, L, nheads, device="cuda", generator=g) - 2.0
+    A = -torch.exp(0.5 * torch.randn(nheads, device="cuda", generator=g))
+    B = torch.randn(batch, L, 1, d_state, device="cuda", generator=g)
+    C = torch.randn(batch, L, 1, d_state, device="cuda", generator=g)
+    bias = 0.1 * torch.randn(nheads, device="cuda", generator=g)
+    card = torch.cuda.get_device_properties(0).total_memory
+    dev = torch.cuda.get_device_name()
+
+    rows = []
+    for label, reduce in (("sum over all heads", "sum"), (f"all {nheads} heads, full M", None)):
+        out_bytes = batch * L * L * 4 * (1 if reduce else nheads)
+        run_tri = lambda: ssd_effective_attention_triton(dt, A, B, C, bias, True, reduce=reduce)  # noqa: E731
+        _, m_tri, tri = measure(run_tri)          # first call compiles; its peak memory is what counts
+        t_tri = do_bench(run_tri, warmup=3, rep=100, return_mode="median")
+        t_pt, m_pt, ref = measure(lambda: ssd_effective_attention_torch(dt, A, B, C, bias, True, reduce=reduce))
+        err = ((tri.double() - ref.double()).norm() / ref.double().norm()).item()
+        del tri, ref
+        torch.cuda.empty_cache()
+        rows.append(dict(case=label, heads=nheads, reduce=reduce, out_gb=out_bytes / 1e9, triton_ms=t_tri,
+                         triton_peak_gb=m_tri / 1e9, torch_ms=t_pt, torch_peak_gb=m_pt / 1e9,
+                         rel_err_triton_vs_torch=err))
+    materialise = batch * d_inner * d_state * L * L * 4
+
+    print(f"\n# Mamba-2 (SSD) effective attention on {dev} ({card / 2**30:.0f} GiB): batch {batch}, "
+          f"d_inner {d_inner} ({nheads} heads x {headdim}), d_state {d_state}, 1 group, L {L}, fp32")
+    hdr = ("case", "output GB", "Triton ms", "Triton peak GB", "PyTorch chunked ms", "PyTorch peak GB",
+           "PyTorch/Triton", "rel err")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        print(f"| {r['case']} | {r['out_gb']:.2f} | {r['triton_ms']:.1f} | {r['triton_peak_gb']:.2f} | "
+              f"{r['torch_ms']:.1f} | {r['torch_peak_gb']:.2f} | {r['torch_ms'] / r['triton_ms']:.0f}x | "
+              f"{r['rel_err_triton_vs_torch']:.1e} |")
+    fits = materialise < card
+    print(f"| materialise [b, d_inner, n, L, L] fp32 | {materialise / 1e9:.0f} | "
+          f"{'fits' if fits else 'cannot run'} | {materialise / card:.2g}x the card's memory | - | - | - | - |")
+    s = rows[0]
+    print(f"target (head-summed map, L {L}): < 100 ms and < 1 GB peak: "
+          f"{s['triton_ms']:.1f} ms, {s['triton_peak_gb']:.2f} GB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(mixer="mamba2", device=dev, card_bytes=card, batch=batch, d_inner=d_inner,
+                           headdim=headdim, d_state=d_state, L=L, rows=rows, materialise_bytes=materialise,
+                           materialise_fits=fits), f, indent=2)
     return 0
 
 

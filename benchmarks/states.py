@@ -1,21 +1,27 @@
-"""All-position SSM states of a Mamba-1 selective scan on the GPU: Triton kernel vs the alternatives.
+"""All-position SSM states on the GPU: Triton kernels vs the alternatives, Mamba-1 or Mamba-2.
 
-Prints one table from a single run (targets from issue #5):
+Prints one table from a single run. ``--mixer mamba1`` (default; targets from issue #5):
   * states kernel ("all" states) / selective_scan_fn (same y, no states; the floor)   target <= 3x
   * per-timestep PyTorch loop (TransformerLens-bridge method) / states kernel      target >= 100x
   * achieved GB/s of the state writes vs this card's device-to-device copy bandwidth, measured in
     the same run (a copy moves 2 bytes per byte copied: read + write; both counted)
+``--mixer mamba2`` (issue #17): ssd_scan_states (chunked SSD scan emitting states) with
+  * "all" states / mamba_chunk_scan_combined (same y, no states)                     target <= 2x
+  * per-timestep PyTorch loop / "all" states                                        target >= 100x
+  * state-write GB/s vs copy bandwidth, as above. Sizes: d_inner 1536 (24 heads of 64), d_state 128,
+    one group, chunk 256 (Mamba-2 defaults); --d-state / --headdim / --chunk-size change them.
 
 Timings are medians of triton.testing.do_bench (L2 flushed between runs); the per-timestep loop is
 timed with CUDA events (median of 3 after a warm-up) at the full length unless --loop-len is given,
 in which case it is scaled linearly to L and marked as such.
 
-Usage (device): python benchmarks/states.py [--quick] [--json PATH] [--sweep]
+Usage (device): python benchmarks/states.py [--mixer mamba1|mamba2] [--quick] [--json PATH] [--sweep]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -138,16 +144,25 @@ def sweep_configs(L, batch, d_inner, d_state, bench):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mixer", choices=("mamba1", "mamba2"), default="mamba1",
+                   help="mamba1: selective_scan_states; mamba2: ssd_scan_states")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--json", help="also write the numbers to this JSON file")
-    p.add_argument("--sweep", action="store_true", help="also time BLOCK_D x num_warps configurations")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time BLOCK_D (mamba1) / BLOCK_P (mamba2) x num_warps configurations")
     p.add_argument("--loop-len", type=int, default=None,
                    help="time the per-timestep loop at this length and scale linearly to L")
+    p.add_argument("--d-state", type=int, default=None, help="mamba2: d_state (default 128)")
+    p.add_argument("--headdim", type=int, default=64, help="mamba2: head dimension (default 64)")
+    p.add_argument("--chunk-size", type=int, default=256, help="mamba2: chunk size (default 256)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/states.py needs a GPU", file=sys.stderr)
         return 2
     from triton.testing import do_bench
+
+    if args.mixer == "mamba2":
+        return main_mamba2(args, do_bench)
 
     batch, d_inner, d_state = (2, 256, 16) if args.quick else (4, 1536, 16)
     lengths = [256] if args.quick else [512, 2048]
@@ -185,6 +200,172 @@ def main(argv=None) -> int:
 
     if args.sweep:
         results["sweep"] = sweep_configs(lengths[-1], batch, d_inner, d_state, bench)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Mamba-2 (SSD)
+# ---------------------------------------------------------------------------------------------
+def ssd_per_timestep_loop(x, dt, A, B, C, D, dt_bias):
+    """The per-timestep method for Mamba-2: h = exp(dt A) h + dt x B^T in a Python loop, stacking h_t."""
+    dt = F.softplus(dt + dt_bias)                                   # [b, L, h]
+    batch, L, H, P = x.shape
+    rep = H // B.shape[2]
+    Bh, Ch = B.repeat_interleave(rep, 2), C.repeat_interleave(rep, 2)
+    h = torch.zeros(batch, H, P, B.shape[3], device=x.device)
+    hs = []
+    for t in range(L):
+        h = (torch.exp(dt[:, t, :, None, None] * A[:, None, None]) * h
+             + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :])
+        hs.append(h)
+    states = torch.stack(hs, 1)                                     # [b, L, h, p, n]
+    y = torch.einsum("blhpn,blhn->blhp", states, Ch) + D[:, None] * x
+    return y, states
+
+
+def ssd_make_inputs(batch, L, nheads, headdim, ngroups, d_state, dtype=torch.float32):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(batch, L, nheads, headdim, device="cuda", generator=g).to(dtype)
+    dt = (0.5 * torch.randn(batch, L, nheads, device="cuda", generator=g) - 2.0).to(dtype)
+    A = -torch.exp(0.5 * torch.randn(nheads, device="cuda", generator=g))
+    B = torch.randn(batch, L, ngroups, d_state, device="cuda", generator=g).to(dtype)
+    C = torch.randn(batch, L, ngroups, d_state, device="cuda", generator=g).to(dtype)
+    D = torch.randn(nheads, device="cuda", generator=g)
+    dt_bias = 0.1 * torch.randn(nheads, device="cuda", generator=g)
+    return x, dt, A, B, C, D, dt_bias
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_chunk_scan_combined():
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as e:  # not installed, or its compiled extension fails to load
+        print(f"(mamba_ssm's mamba_chunk_scan_combined does not import: {type(e).__name__}: {e}; "
+              "its columns are n/a)", file=sys.stderr)
+        return None
+    return mamba_chunk_scan_combined
+
+
+def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_len, bench):
+    """One table row for Mamba-2 at sequence length L."""
+    from achilles_interp.kernels.ssd_states import ssd_scan_states
+
+    mcsc = _mamba_chunk_scan_combined()
+    x, dt, A, B, C, D, bias = ssd_make_inputs(batch, L, nheads, headdim, 1, d_state)
+    state_bytes = batch * L * nheads * headdim * d_state * 4
+    pos = torch.linspace(0, L - 1, n_listed).long().unique().tolist()
+    hb = [t.bfloat16() for t in (x, dt, B, C)]
+
+    def ours(x_, dt_, B_, C_, positions):
+        return ssd_scan_states(x_, dt_, A, B_, C_, chunk, D, bias, True, state_positions=positions)
+
+    def ref():
+        return mcsc(x, dt, A, B, C, chunk, D=D, z=None, dt_bias=bias, dt_softplus=True)
+
+    nan = float("nan")
+    with torch.no_grad():
+        t_ref = bench(ref) if mcsc is not None else nan
+        t_y = bench(lambda: ours(x, dt, B, C, None))
+        t_all = bench(lambda: ours(x, dt, B, C, "all"))
+        t_list = bench(lambda: ours(x, dt, B, C, pos))
+        t_all_bf16 = bench(lambda: ours(*hb, "all"))
+        y_all, st_all, _ = ours(x, dt, B, C, "all")
+        y_err = nan
+        if mcsc is not None:
+            y_ref = ref()
+            y_err = ((y_all - y_ref).norm() / y_ref.norm()).item()
+            del y_ref
+        loop_L = min(L, loop_len) if loop_len else L
+        sl = slice(0, loop_L)
+        loop_args = (x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], D, bias)
+        _, st_loop = ssd_per_timestep_loop(*loop_args)
+        st_err = ((st_all[:, sl] - st_loop).norm() / st_loop.norm()).item()
+        del st_loop, st_all, y_all
+        torch.cuda.empty_cache()
+        t_loop = median_ms(lambda: ssd_per_timestep_loop(*loop_args)) * (L / loop_L)
+    torch.cuda.empty_cache()
+    return dict(L=L, t_mamba_chunk_scan_combined_ms=t_ref, t_y_only_ms=t_y, t_all_states_ms=t_all,
+                t_listed_states_ms=t_list, n_listed=len(pos), t_all_states_bf16_ms=t_all_bf16, t_loop_ms=t_loop,
+                loop_len=loop_L, state_gb=state_bytes / 1e9, state_write_gbs=state_bytes / (t_all * 1e-3) / 1e9,
+                y_rel_err_vs_mamba_chunk_scan_combined=y_err, states_rel_err_vs_loop=st_err)
+
+
+def ssd_sweep_configs(L, batch, nheads, headdim, d_state, chunk, bench):
+    """Time (BLOCK_P, num_warps) of the chunk-scan kernel for y only and for all states."""
+    from achilles_interp.kernels import ssd_states
+
+    x, dt, A, B, C, D, bias = ssd_make_inputs(batch, L, nheads, headdim, 1, d_state)
+    default = ssd_states._default_config(headdim, d_state)
+    print(f"\n# sweep at L={L} (default BLOCK_P, num_warps = {default}): ms, y-only / all states")
+    out = []
+    for block_p in (1, 2, 4, 8, 16, 32, 64):
+        if block_p > headdim:
+            continue
+        for warps in (1, 2, 4, 8):
+            if block_p * d_state < 32 * warps or block_p * d_state > 8192:
+                continue
+
+            def run(positions):
+                return ssd_states._ssd_triton_impl(x, dt, A, B, C, chunk, D, bias, True, None, positions,
+                                                   (0.0, float("inf")), block_p=block_p, num_warps=warps)
+            with torch.no_grad():
+                ty, ta = bench(lambda: run(None)), bench(lambda: run("all"))
+            out.append(dict(block_p=block_p, num_warps=warps, t_y_only_ms=ty, t_all_states_ms=ta))
+            print(f"BLOCK_P={block_p:3d} warps={warps}: {ty:.3f} / {ta:.3f}")
+    return out
+
+
+def main_mamba2(args, do_bench) -> int:
+    d_state = args.d_state or 128
+    headdim = args.headdim
+    batch, d_inner = (1, 256) if args.quick else (4, 1536)
+    nheads = d_inner // headdim
+    chunk = args.chunk_size
+    lengths = [256] if args.quick else [512, 2048]
+    n_listed = 16
+    bw = copy_bandwidth_gbs(do_bench, (256 << 20) if args.quick else (4 << 30))
+    dev = torch.cuda.get_device_name()
+
+    def bench(fn):
+        return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    rows = [ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, args.loop_len, bench)
+            for L in lengths]
+    results = dict(mixer="mamba2", device=dev, batch=batch, d_inner=d_inner, nheads=nheads, headdim=headdim,
+                   ngroups=1, d_state=d_state, chunk_size=chunk, copy_bandwidth_gbs=bw, rows=rows)
+
+    print(f"\n# ssd_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner} ({nheads} heads x {headdim}), "
+          f"d_state {d_state}, 1 group, chunk {chunk}, fp32 inputs unless noted, dt_softplus, D; "
+          "medians of do_bench")
+    print(f"# device-to-device copy bandwidth (read + write bytes): {bw:.0f} GB/s")
+    hdr = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", f"{n_listed} pos ms", "all bf16 ms", "loop ms",
+           "loop/all", "states GB", "write GB/s", "% copy bw", "y err", "h err")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        loop = f"{r['t_loop_ms']:.1f}"
+        if r["loop_len"] != r["L"]:
+            loop += f" (L={r['loop_len']} x{r['L'] // r['loop_len']})"
+        cells = [str(r["L"]), f"{r['t_mamba_chunk_scan_combined_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
+                 f"{r['t_all_states_ms']:.3f}",
+                 f"{r['t_all_states_ms'] / r['t_mamba_chunk_scan_combined_ms']:.2f}x",
+                 f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_bf16_ms']:.3f}", loop,
+                 f"{r['t_loop_ms'] / r['t_all_states_ms']:.0f}x", f"{r['state_gb']:.2f}",
+                 f"{r['state_write_gbs']:.0f}", f"{100 * r['state_write_gbs'] / bw:.0f}%",
+                 f"{r['y_rel_err_vs_mamba_chunk_scan_combined']:.1e}", f"{r['states_rel_err_vs_loop']:.1e}"]
+        print("| " + " | ".join(cells) + " |")
+    print("mcsc = mamba_ssm's mamba_chunk_scan_combined (y only, no states; nan where it does not import)")
+    for r in rows:
+        floor = r["state_gb"] / bw * 1e3                          # ms to write the states at copy bandwidth
+        print(f"L {r['L']}: writing the {r['state_gb']:.2f} GB of fp32 states at the copy bandwidth takes "
+              f"{floor:.3f} ms = {floor / r['t_mamba_chunk_scan_combined_ms']:.2f}x mcsc (the floor of all/mcsc); "
+              f"all states ran at {r['t_all_states_ms'] / floor:.2f}x that floor")
+    print("targets: all/mcsc <= 2x; loop/all >= 100x")
+    if args.sweep:
+        results["sweep"] = ssd_sweep_configs(lengths[-1], batch, nheads, headdim, d_state, chunk, bench)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,10 +1,12 @@
-"""Mamba-1 effective attention (achilles_interp.kernels.effective_attention).
+"""Effective attention (achilles_interp.kernels.effective_attention), Mamba-1 and Mamba-2 (SSD).
 
 CPU: the PyTorch implementation against a brute-force float64 oracle that materialises every
 [c, n, L, L] term from the product form prod_k exp(dt_k A), an analytic case (A = 0), the reduce
 modes and channel subsets, and the identity y_i = sum_j M[c, i, j] u_j + D u_i against a
 sequential scan. The Triton kernel runs in Triton's interpreter (subprocess, tiny sizes).
 GPU (`pytest -m cuda`): the Triton kernel against the float64 PyTorch implementation.
+Mamba-2: the same checks (brute force per head from the product form, the identity
+y_i = sum_j M[h, i, j] x_j + D x_i against the float64 SSD loop, reduce modes, head subsets, groups).
 """
 
 import textwrap
@@ -19,7 +21,12 @@ from achilles_interp.kernels.effective_attention import (
     effective_attention,
     effective_attention_torch,
     effective_attention_triton,
+    ssd_effective_attention,
+    ssd_effective_attention_torch,
+    ssd_effective_attention_triton,
 )
+from test_ssd_states import make_inputs as ssd_inputs
+from test_ssd_states import naive_ssd
 
 def rel_err(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
@@ -211,4 +218,141 @@ def test_triton_attention_reproduces_scan():
     y_scan = sequential_scan_y(u, delta, A, B, C, D, bias, True)
     M = effective_attention(*(t.float().cuda() for t in (delta, A, B, C, bias)), delta_softplus=True)
     y_attn = torch.einsum("bcij,bcj->bci", M.double().cpu(), u) + D[:, None] * u
+    assert rel_err(y_attn, y_scan) < 1e-5
+
+
+# =============================================================================================
+# Mamba-2 (SSD)
+# =============================================================================================
+def ssd_brute_force(dt, A, B, C, dt_bias=None, dt_softplus=True):
+    """M[b, h, i, j] = C_i . B_j * prod_{k=j+1..i} exp(dt_k A_h) * dt_j, float64, one entry at a time."""
+    f = torch.float64
+    d = dt.to(f) + (0 if dt_bias is None else dt_bias.to(f))
+    d = F.softplus(d) if dt_softplus else d.clamp_min(0)
+    batch, L, H = d.shape
+    rep = H // B.shape[2]
+    Bh, Ch = B.to(f).repeat_interleave(rep, 2), C.to(f).repeat_interleave(rep, 2)
+    M = torch.zeros(batch, H, L, L, dtype=f)
+    for i in range(L):
+        for j in range(i + 1):
+            decay = torch.ones(batch, H, dtype=f)
+            for k in range(j + 1, i + 1):
+                decay = decay * torch.exp(d[:, k] * A.to(f))
+            M[:, :, i, j] = (Ch[:, i] * Bh[:, j]).sum(-1) * decay * d[:, j]
+    return M
+
+
+def test_ssd_torch_matches_brute_force_and_reproduces_the_scan():
+    x, dt, A, B, C, D, bias, _ = ssd_inputs(2, 9, 4, 3, 2, 5, seed=11)
+    ref = ssd_brute_force(dt, A, B, C, bias)
+    M = ssd_effective_attention(dt, A, B, C, bias, out_dtype=torch.float64)      # CPU -> torch
+    assert M.shape == (2, 4, 9, 9) and M.dtype == torch.float64
+    assert rel_err(M, ref) < 1e-12 and torch.all(M.triu(1) == 0)
+    M32 = ssd_effective_attention(*(t.float() for t in (dt, A, B, C, bias)))
+    assert M32.dtype == torch.float32 and rel_err(M32, ref) < 1e-5
+    # y_i[h, p] = sum_j M[h, i, j] x_j[h, p] + D[h] x_i[h, p], against the float64 loop (L 40)
+    x, dt, A, B, C, D, bias, _ = ssd_inputs(2, 40, 4, 3, 2, 5, seed=12)
+    M = ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.float64)
+    y = torch.einsum("bhij,bjhp->bihp", M, x) + D[:, None] * x
+    assert rel_err(y, naive_ssd(x, dt, A, B, C, D, bias)[0]) < 1e-12
+    # dt_softplus=False: negative dt clamps to 0 (dt_limit), as in the scan
+    M0 = ssd_effective_attention_torch(dt, A, B, C, dt_softplus=False, out_dtype=torch.float64)
+    y0 = torch.einsum("bhij,bjhp->bihp", M0, x)
+    assert rel_err(y0, naive_ssd(x, dt, A, B, C, None, None, False)[0]) < 1e-12
+
+
+def test_ssd_reduce_modes_heads_and_chunking():
+    _, dt, A, B, C, _, bias, _ = ssd_inputs(2, 11, 6, 2, 3, 4, seed=13)
+    full = ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.float64)
+    one = ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.float64, max_chunk_elems=1)
+    assert torch.allclose(one, full, rtol=0, atol=1e-14)
+    s = ssd_effective_attention_torch(dt, A, B, C, bias, reduce="sum", out_dtype=torch.float64)
+    a = ssd_effective_attention_torch(dt, A, B, C, bias, reduce="abs_sum", out_dtype=torch.float64)
+    assert s.shape == a.shape == (2, 11, 11)
+    assert torch.allclose(s, full.sum(1), atol=1e-13) and torch.allclose(a, full.abs().sum(1), atol=1e-13)
+    sub = ssd_effective_attention_torch(dt, A, B, C, bias, heads=torch.tensor([5, 0, 3]), out_dtype=torch.float64)
+    assert torch.allclose(sub, full[:, [5, 0, 3]], rtol=0, atol=1e-14)
+    sub_sum = ssd_effective_attention_torch(dt, A, B, C, bias, heads=[5, 0], reduce="sum", out_dtype=torch.float64)
+    assert torch.allclose(sub_sum, full[:, [5, 0]].sum(1), atol=1e-13)
+    assert ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(reduce="mean"), "reduce must be"),
+    (dict(heads=[0, 9]), r"heads must lie in \[0, 4\)"),
+    (dict(heads=[]), "non-empty"),
+    (dict(dt_bias=torch.zeros(3)), "dt_bias must be"),
+    (dict(A=torch.zeros(4, 2)), "A must be"),
+    (dict(B=torch.zeros(1, 5, 3, 2), C=torch.zeros(1, 5, 3, 2)), "ngroups"),
+    (dict(backend="cuda"), "backend"),
+])
+def test_ssd_bad_arguments(kw, match):
+    _, dt, A, B, C, _, _, _ = ssd_inputs(1, 5, 4, 2, 2, 2)
+    args = dict(dt=dt, A=A, B=B, C=C)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        ssd_effective_attention(**args)
+
+
+def test_ssd_triton_kernel_in_interpreter():
+    pytest.importorskip("triton")
+    body = textwrap.dedent("""
+        import torch
+        from tests.test_effective_attention import rel_err
+        from tests.test_ssd_states import make_inputs
+        from achilles_interp.kernels.effective_attention import (
+            ssd_effective_attention_torch, ssd_effective_attention_triton)
+        # 3 tiles of 16 (diagonal, off-diagonal, a ragged last tile); 2 groups of 2 heads
+        _, dt, A, B, C, _, bias, _ = make_inputs(2, 37, 4, 2, 2, 5, seed=14)
+        ref = ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.float64)
+        f = [t.float() for t in (dt, A, B, C, bias)]
+        M = ssd_effective_attention_triton(*f[:4], f[4], block=16)
+        assert M.shape == ref.shape and rel_err(M, ref) < 1e-5, rel_err(M, ref)
+        s = ssd_effective_attention_triton(*f[:4], f[4], reduce="sum", block=16)
+        a = ssd_effective_attention_triton(*f[:4], f[4], reduce="abs_sum", block=16, heads=[3, 0, 1])
+        sub = ssd_effective_attention_triton(*f[:4], f[4], block=16, heads=[3, 0, 1])
+        assert rel_err(s, ref.sum(1)) < 1e-5 and rel_err(a, ref[:, [3, 0, 1]].abs().sum(1)) < 1e-5
+        assert rel_err(sub, ref[:, [3, 0, 1]]) < 1e-5
+        # d_state 40 (C B^T over three blocks of 16), 3 groups, and reduced maps split over 3 programs
+        # per tile pair (partial sums), as on a GPU with few tiles
+        import achilles_interp.kernels.effective_attention as E
+        _, dt, A, B, C, _, bias, _ = make_inputs(1, 20, 6, 2, 3, 40, seed=16)
+        ref = ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.float64)
+        f = [t.float() for t in (dt, A, B, C, bias)]
+        assert rel_err(ssd_effective_attention_triton(*f[:4], f[4], block=16), ref) < 1e-5
+        E._ssd_reduce_jobs = lambda *a: 3
+        s = ssd_effective_attention_triton(*f[:4], f[4], reduce="sum", block=16, heads=[4, 0, 5, 1, 2])
+        assert rel_err(s, ref[:, [4, 0, 5, 1, 2]].sum(1)) < 1e-5
+        print("OK")
+    """)
+    assert "OK" in run_in_interpreter(body)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("L, G, d_state", [(200, 1, 128), (64, 2, 16), (333, 8, 5)])
+def test_ssd_triton_matches_float64_torch(L, G, d_state):
+    _, dt, A, B, C, _, bias, _ = ssd_inputs(2, L, 24, 2, G, d_state, seed=L)
+    ref = ssd_effective_attention_torch(dt, A, B, C, bias, out_dtype=torch.float64)
+    g = [t.float().cuda() for t in (dt, A, B, C, bias)]
+    M = ssd_effective_attention(*g[:4], g[4])                           # CUDA -> Triton
+    assert M.is_cuda and M.shape == ref.shape and rel_err(M, ref) < 1e-5
+    assert torch.all(M.triu(1) == 0)
+    s = ssd_effective_attention(*g[:4], g[4], reduce="sum")
+    a = ssd_effective_attention(*g[:4], g[4], reduce="abs_sum")
+    assert rel_err(s, ref.sum(1)) < 1e-5 and rel_err(a, ref.abs().sum(1)) < 1e-5
+    hs = torch.tensor([23, 0, 7], device="cuda")
+    sub = ssd_effective_attention(*g[:4], g[4], heads=hs, out_dtype=torch.bfloat16)
+    assert sub.dtype == torch.bfloat16 and rel_err(sub, ref[:, [23, 0, 7]]) < 1e-2
+    for block in (16, 32, 128):
+        assert rel_err(ssd_effective_attention_triton(*g[:4], g[4], block=block), ref) < 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_ssd_triton_attention_reproduces_scan():
+    x, dt, A, B, C, D, bias, _ = ssd_inputs(1, 700, 8, 16, 2, 64, seed=15)
+    y_scan = naive_ssd(x, dt, A, B, C, D, bias)[0]
+    M = ssd_effective_attention(*(t.float().cuda() for t in (dt, A, B, C, bias)))
+    y_attn = torch.einsum("bhij,bjhp->bihp", M.double().cpu(), x) + D[:, None] * x
     assert rel_err(y_attn, y_scan) < 1e-5

@@ -1,4 +1,5 @@
-"""Mamba-1 effective ("hidden") attention: the L x L matrix that the selective scan applies per channel.
+"""Effective ("hidden") attention: the L x L matrix that the scan applies, per channel (Mamba-1) or per
+head (Mamba-2 / SSD: :func:`ssd_effective_attention`, at the end of this module).
 
 Unrolling h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t (h_{-1} = 0) gives y_i = sum_j M[c, i, j] u_j[c] + D u_i,
 
@@ -34,7 +35,8 @@ from .triton_scan import _require_triton, triton, triton_available
 if triton is not None:
     import triton.language as tl
 
-__all__ = ["effective_attention", "effective_attention_torch", "effective_attention_triton"]
+__all__ = ["effective_attention", "effective_attention_torch", "effective_attention_triton",
+           "ssd_effective_attention", "ssd_effective_attention_torch", "ssd_effective_attention_triton"]
 
 Channels = Union[None, Sequence[int], torch.Tensor]
 _REDUCE = (None, "sum", "abs_sum")
@@ -343,4 +345,316 @@ def effective_attention(
         backend = "triton" if use_triton else "torch"
     fn = effective_attention_triton if backend == "triton" else effective_attention_torch
     return fn(delta, A, B, C, delta_bias=delta_bias, delta_softplus=delta_softplus, channels=channels,
+              reduce=reduce, out_dtype=out_dtype)
+
+
+# =============================================================================================
+# Mamba-2 (SSD): one scalar decay per head
+# =============================================================================================
+#
+#   M[b, h, i, j] = (C_i[g] . B_j[g]) * exp(A[h] * (Delta_i[h] - Delta_j[h])) * dt_j[h]    for j <= i, else 0
+#
+# with g = h // (nheads / ngroups), Delta[h, t] = sum_{k<=t} dt_k[h]; then y_i[h, p] = sum_j M[b, h, i, j] x_j[h, p]
+# + D[h] x_i[h, p] for every channel p of the head (Mamba-2 / SSD, arXiv 2405.21060, section 3: the SSD
+# "attention" form). All headdim channels of a head share its map.
+HeadSel = Union[None, Sequence[int], torch.Tensor]
+
+
+def _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce, out_dtype, compute_dtype):
+    """Validate; return dt ``[batch, hs, L]`` (processed, compute dtype), A ``[hs]``, B, C ``[batch, L, g, n]``
+    (compute dtype), the head index ``[hs]`` and each selected head's group ``[hs]``."""
+    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOATS:
+            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float64, bfloat16, float16")
+    if dt.dim() != 3:
+        raise ValueError(f"dt must be [batch, L, nheads] (mamba_chunk_scan_combined layout), got {_shape(dt)}")
+    batch, L, nheads = dt.shape
+    if L == 0 or batch == 0 or nheads == 0:
+        raise ValueError(f"dt has an empty dimension: {_shape(dt)}")
+    if tuple(A.shape) != (nheads,):
+        raise ValueError(f"A must be [nheads] = [{nheads}] (one scalar per head), got {_shape(A)}")
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 4 or t.shape[0] != batch or t.shape[1] != L:
+            raise ValueError(f"{name} must be [batch, L, ngroups, d_state] with batch={batch}, L={L}, "
+                             f"got {_shape(t)}")
+    if B.shape != C.shape:
+        raise ValueError(f"B and C must have the same shape, got B {_shape(B)}, C {_shape(C)}")
+    ngroups = B.shape[2]
+    if ngroups == 0 or B.shape[3] == 0 or nheads % ngroups:
+        raise ValueError(f"ngroups ({ngroups}) must divide nheads ({nheads}) and d_state be > 0")
+    if dt_bias is not None and tuple(dt_bias.shape) != (nheads,):
+        raise ValueError(f"dt_bias must be [nheads] = [{nheads}], got {_shape(dt_bias)}")
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of None, 'sum', 'abs_sum', got {reduce!r}")
+    if out_dtype not in _FLOATS:
+        raise ValueError(f"out_dtype must be a floating dtype, got {out_dtype}")
+    lo, hi = (float(v) for v in dt_limit)
+    device = dt.device
+    for name, t in (("A", A), ("B", B), ("C", C), ("dt_bias", dt_bias)):
+        if t is not None and t.device != device:
+            raise ValueError(f"all tensors must be on one device: dt is on {device}, {name} on {t.device}")
+    if heads is None:
+        idx = torch.arange(nheads, device=device)
+    else:
+        idx = torch.as_tensor(heads, device=device)
+        if idx.dtype == torch.bool or idx.is_floating_point() or idx.dim() != 1 or idx.numel() == 0:
+            raise ValueError("heads must be a non-empty 1-D list / LongTensor of head indices, got "
+                             f"{idx.dtype} of shape {_shape(idx)}")
+        idx = idx.long()
+        if int(idx.min()) < 0 or int(idx.max()) >= nheads:
+            raise ValueError(f"heads must lie in [0, {nheads}), got min {int(idx.min())}, max {int(idx.max())}")
+    d = dt.index_select(2, idx).to(compute_dtype)
+    if dt_bias is not None:
+        d = d + dt_bias.index_select(0, idx).to(compute_dtype)
+    if dt_softplus:
+        d = F.softplus(d)                                     # threshold 20, as mamba_ssm
+    d = d.clamp(min=lo, max=None if hi == float("inf") else hi)   # always, as mamba_ssm
+    groups = idx // (nheads // ngroups)
+    return (d.transpose(1, 2), A.index_select(0, idx).to(compute_dtype), B.to(compute_dtype),
+            C.to(compute_dtype), idx, groups)
+
+
+def ssd_effective_attention_torch(
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    heads: HeadSel = None,
+    reduce: Optional[str] = None,
+    out_dtype: torch.dtype = torch.float32,
+    max_chunk_elems: int = 1 << 24,
+) -> torch.Tensor:
+    """Mamba-2 effective attention in PyTorch; float64 when any of dt, A, B, C is float64, else float32.
+
+    Same arguments and result as :func:`ssd_effective_attention`. Heads are processed
+    ``max_chunk_elems // (batch * L * L)`` at a time (at least one) and one group's C B^T ``[batch, L, L]``
+    at a time: peak extra memory is a few ``[batch, chunk, L, L]`` tensors.
+    """
+    compute = torch.float64 if torch.float64 in (dt.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    d, A_sel, B, C, _, groups = _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce,
+                                             out_dtype, compute)
+    batch, n_heads, L = d.shape
+    cum = torch.cumsum(d.double(), dim=-1)                                      # [batch, hs, L]
+    causal = torch.ones(L, L, dtype=torch.bool, device=d.device).tril()
+    chunk = max(1, min(n_heads, max_chunk_elems // max(1, batch * L * L)))
+    out = torch.empty(batch, n_heads, L, L, dtype=out_dtype, device=d.device) if reduce is None else None
+    for g in torch.unique(groups).tolist():
+        sel = (groups == g).nonzero().flatten()
+        CB = torch.einsum("bin,bjn->bij", C[:, :, g], B[:, :, g])                 # [batch, L, L]
+        for k0 in range(0, sel.numel(), chunk):
+            hs = sel[k0:k0 + chunk]
+            gap = (cum[:, hs, :, None] - cum[:, hs, None, :]).clamp_min_(0).to(compute)   # [b, k, i, j]
+            m = CB[:, None] * torch.exp(A_sel[hs, None, None] * gap) * d[:, hs, None, :]
+            m.masked_fill_(~causal, 0.0)
+            if reduce is None:
+                out[:, hs] = m.to(out_dtype)
+            else:
+                part = (m if reduce == "sum" else m.abs()).sum(1)
+                out = part if out is None else out + part
+    return out.to(out_dtype)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _ssd_eff_attn_kernel(
+        dt_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, ti_ptr, tj_ptr, head_ptr, grp_ptr, slot_ptr, job_ptr, out_ptr,
+        L, d_state,
+        s_dt_b, s_dt_h,
+        s_pre_b, s_pre_h,
+        s_B_b, s_B_l, s_B_g, s_B_n,
+        s_C_b, s_C_l, s_C_g, s_C_n,
+        s_o_g, s_o_b, s_o_h, s_o_i, s_o_j,
+        REDUCE: tl.constexpr,  # 0: one head per program, 1: sum, 2: abs_sum
+        BT: tl.constexpr, BN: tl.constexpr,
+    ):
+        # dt [batch, hs, L] fp32 (time contiguous); pre [batch, hs, n_tiles + 1] fp64 exclusive prefix of
+        # per-tile sums of dt; A [hs] fp32. head/grp/slot [hs]: the selected rows sorted by group, their
+        # group and their output index; job [n_jobs + 1]: program `job` handles sorted rows job[j]..job[j+1]-1.
+        LOG2E: tl.constexpr = 1.4426950408889634
+        pair = tl.program_id(0)
+        job = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        ki = tl.load(ti_ptr + pair)
+        kj = tl.load(tj_ptr + pair)
+        ar = tl.arange(0, BT)
+        offs_i = ki * BT + ar
+        offs_j = kj * BT + ar
+        mask_i = offs_i < L
+        mask_j = offs_j < L
+        offs_n = tl.arange(0, BN)
+        causal = offs_j[None, :] <= offs_i[:, None]
+        acc = tl.zeros([BT, BT], dtype=tl.float32)
+        G = tl.zeros([BT, BT], dtype=tl.float32)
+        g_prev = tl.full([], -1, tl.int32)
+        k_lo = tl.load(job_ptr + job)
+        k_hi = tl.load(job_ptr + job + 1)
+        for k in range(k_lo, k_hi):
+            hh = tl.load(head_ptr + k).to(tl.int64)
+            g = tl.load(grp_ptr + k)
+            if g != g_prev:
+                # C_i B_j^T of this group, [BT, BT], over d_state in blocks of BN; shared by all heads of
+                # the group (rows are sorted by group)
+                g64 = g.to(tl.int64)
+                C_base = C_ptr + b * s_C_b + offs_i[:, None] * s_C_l + g64 * s_C_g
+                B_base = B_ptr + b * s_B_b + offs_j[:, None] * s_B_l + g64 * s_B_g
+                G = tl.zeros([BT, BT], dtype=tl.float32)
+                for n0 in range(0, d_state, BN):
+                    nn = n0 + offs_n
+                    C_i = tl.load(C_base + nn[None, :] * s_C_n, mask=mask_i[:, None] & (nn < d_state)[None, :],
+                                  other=0.0)
+                    B_j = tl.load(B_base + nn[None, :] * s_B_n, mask=mask_j[:, None] & (nn < d_state)[None, :],
+                                  other=0.0)
+                    G += tl.dot(C_i, tl.trans(B_j), input_precision="ieee")
+                g_prev = g
+            dt_base = dt_ptr + b * s_dt_b + hh * s_dt_h
+            dt_i = tl.load(dt_base + offs_i, mask=mask_i, other=0.0)
+            dt_j = tl.load(dt_base + offs_j, mask=mask_j, other=0.0)
+            a2 = tl.load(A_ptr + hh) * LOG2E                                   # <= 0
+            cum_i = tl.cumsum(dt_i, axis=0)
+            cum_j = tl.cumsum(dt_j, axis=0)
+            if ki == kj:
+                decay = tl.exp2(a2 * tl.maximum(cum_i[:, None] - cum_j[None, :], 0.0))
+            else:
+                # kj < ki: exp(A (Delta_i - Delta_j)) = exp(A (Delta_i - Delta_r)) exp(A (Delta_r - Delta_j)),
+                # r = last position of tile kj; both factors <= 1.
+                pre_base = pre_ptr + b * s_pre_b + hh * s_pre_h
+                between = (tl.load(pre_base + ki) - tl.load(pre_base + kj + 1)).to(tl.float32)   # >= 0
+                to_r = tl.maximum(tl.sum(dt_j, axis=0) - cum_j, 0.0)
+                decay = tl.exp2(a2 * (between + cum_i))[:, None] * tl.exp2(a2 * to_r)[None, :]
+            m = tl.where(causal, G * decay * dt_j[None, :], 0.0)
+            if REDUCE == 0:
+                slot = tl.load(slot_ptr + k).to(tl.int64)
+                tl.store(out_ptr + b * s_o_b + slot * s_o_h + offs_i[:, None] * s_o_i + offs_j[None, :] * s_o_j,
+                         m, mask=mask_i[:, None] & mask_j[None, :])
+            elif REDUCE == 1:
+                acc += m
+            else:
+                acc += tl.abs(m)
+        if REDUCE != 0:
+            tl.store(out_ptr + job.to(tl.int64) * s_o_g + b * s_o_b + offs_i[:, None] * s_o_i
+                     + offs_j[None, :] * s_o_j, acc, mask=mask_i[:, None] & mask_j[None, :])
+
+
+def _ssd_reduce_jobs(n_heads: int, n_pairs: int, batch: int, device: torch.device) -> int:
+    """Programs per tile pair for a reduced map: enough to fill the GPU (4 per multiprocessor) when there
+    are few tiles; each writes a partial ``[batch, L, L]`` sum."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return max(1, min(n_heads, -(-4 * sms // (n_pairs * batch))))
+
+
+def ssd_effective_attention_triton(
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    heads: HeadSel = None,
+    reduce: Optional[str] = None,
+    out_dtype: torch.dtype = torch.float32,
+    block: int = 64,
+) -> torch.Tensor:
+    """Mamba-2 effective attention with the tiled Triton kernel (CUDA tensors); fp32 arithmetic.
+
+    Same arguments and result as :func:`ssd_effective_attention`; ``block`` is the tile size (a power of
+    two >= 16). One program per (i-tile, j-tile) below the diagonal, per batch row and per job (one head
+    for per-head maps; a run of heads, sorted by group, for reduced maps): C_i B_j^T is one
+    ``[block, d_state] x [d_state, block]`` product per group, the decay one exp per element on diagonal
+    tiles and an outer product of two exp vectors off the diagonal. Extra memory besides the output: dt
+    ``[batch, heads, L]`` and per-tile prefixes, plus, for a reduced map at short L, ``[jobs, batch, L, L]``
+    partial sums.
+    """
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 16, got {block}")
+    d, A_sel, B, C, _, groups = _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce,
+                                             out_dtype, torch.float32)
+    _require_triton(d.device, "ssd_effective_attention_triton")
+    batch, n_heads, L = d.shape
+    d_state = B.shape[3]
+    device = d.device
+    d = d.contiguous()
+    A_sel = A_sel.contiguous()
+    n_tiles = triton.cdiv(L, block)
+    padded = F.pad(d.double(), (0, n_tiles * block - L))
+    pre = F.pad(torch.cumsum(padded.view(batch, n_heads, n_tiles, block).sum(-1), dim=-1), (1, 0)).contiguous()
+    ti, tj = torch.tril_indices(n_tiles, n_tiles, device=device).to(torch.int32)
+    n_pairs = ti.numel()
+    order = torch.argsort(groups, stable=True)                # rows sorted by group: C B^T once per group
+    head_rows = order.to(torch.int32)
+    grp_rows = groups[order].to(torch.int32)
+    slot_rows = order.to(torch.int32)                         # output index of each sorted row
+
+    if reduce is None:
+        out = torch.zeros(batch, n_heads, L, L, dtype=out_dtype, device=device)
+        n_jobs, code, target = n_heads, 0, out
+        jobs = torch.arange(n_heads + 1, device=device, dtype=torch.int32)
+        s_o = (0, out.stride(0), out.stride(1), out.stride(2), out.stride(3))
+    else:
+        n_jobs = _ssd_reduce_jobs(n_heads, n_pairs, batch, device)
+        per = -(-n_heads // n_jobs)
+        n_jobs = -(-n_heads // per)
+        jobs = torch.tensor([min(k * per, n_heads) for k in range(n_jobs + 1)], device=device, dtype=torch.int32)
+        code = 1 if reduce == "sum" else 2
+        target = torch.zeros(n_jobs, batch, L, L, device=device,
+                             dtype=torch.float32 if n_jobs > 1 else out_dtype)
+        s_o = (target.stride(0), target.stride(1), 0, target.stride(2), target.stride(3))
+    _ssd_eff_attn_kernel[(n_pairs, n_jobs, batch)](
+        d, pre, A_sel, B, C, ti, tj, head_rows, grp_rows, slot_rows, jobs, target,
+        L, d_state,
+        d.stride(0), d.stride(1), pre.stride(0), pre.stride(1),
+        *B.stride(), *C.stride(), *s_o,
+        REDUCE=code, BT=block, BN=16, num_warps=8 if block >= 64 else 4,   # ptxas sm_90: no/few spills
+    )
+    if reduce is None:
+        return out
+    return target[0] if n_jobs == 1 else target.sum(0).to(out_dtype)
+
+
+def ssd_effective_attention(
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    heads: HeadSel = None,
+    reduce: Optional[str] = None,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Mamba-2 (SSD) effective attention M[b, h, i, j] (the formula is in the comment that opens the
+    Mamba-2 section of this module).
+
+    Args (``mamba_chunk_scan_combined`` layouts):
+        dt: ``[batch, L, nheads]`` step size before ``dt_bias`` / softplus / ``dt_limit`` (processed as
+            :func:`achilles_interp.kernels.ssd_states.ssd_scan_states` does; pass ``dt_softplus=False``
+            for an already-processed dt).
+        A: ``[nheads]`` negative scalars.
+        B, C: ``[batch, L, ngroups, d_state]``.
+        dt_bias: ``[nheads]`` or None; dt_limit: ``(min, max)`` clamp of the processed dt.
+        heads: None (all heads) or a 1-D LongTensor / list of head indices to compute.
+        reduce: None -> per-head maps ``[batch, len(heads), L, L]``; ``"sum"`` -> ``[batch, L, L]`` = sum over
+            the selected heads; ``"abs_sum"`` -> sum over heads of |M|. Every one of a head's headdim
+            channels applies the same map, so the sum over the d_inner channels (Mamba-1's ``reduce="sum"``)
+            is ``headdim`` times the head sum. A reduced map never holds the per-head tensor.
+        out_dtype: dtype of the result.
+        backend: ``"auto"`` (Triton for CUDA tensors when available, else PyTorch), ``"triton"`` or ``"torch"``.
+    Returns:
+        M (y_i[h, p] = sum_j M[b, h, i, j] x_j[h, p] + D[h] x_i[h, p]), zero above the diagonal.
+    """
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "auto":
+        use_triton = isinstance(dt, torch.Tensor) and dt.is_cuda and triton_available(dt.device)
+        backend = "triton" if use_triton else "torch"
+    fn = ssd_effective_attention_triton if backend == "triton" else ssd_effective_attention_torch
+    return fn(dt, A, B, C, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, heads=heads,
               reduce=reduce, out_dtype=out_dtype)
