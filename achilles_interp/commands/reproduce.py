@@ -41,8 +41,18 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--ablation-runs", default=None,
                    help="runs of the same grid in the special-token format, shown as an ablation section")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler of an existing cluster, e.g. tcp://head:8786 (its workers need --resources "
+                        "grid-run=1 and --runs-dir on a shared filesystem); default: a local cluster on this machine")
+    p.add_argument("--runs-per-gpu", type=int, default=None,
+                   help="local cluster: runs sharing each GPU (default 1, or --jobs spread over the GPUs)")
+    p.add_argument("--gpus", nargs="+", default=None, help="local cluster: the GPUs to use (default: all visible)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local cluster: CPU workers on a machine without GPUs (default: cores // --threads); "
+                        "with GPUs and no --runs-per-gpu, runs at once spread over the GPUs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--retries", type=int, default=2,
+                   help="times a run may raise or lose its worker (each retry resumes it) before it is reported")
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop runs still training after this many seconds (they keep their last checkpoint)")
     p.add_argument("--render-only", action="store_true", help="train nothing: report the finished runs")
@@ -51,7 +61,7 @@ def register(sub, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.claims import paper_claims
-    from ..training.paper_grid import grid_specs, paper_cells, run_grid
+    from ..training.paper_grid import grid_specs, paper_cells
     from ..training.reproduction import collect, collect_ablation, write_report
     from ..training.validation import check_seeds, positive_settings
     from .train import check_device, command_line
@@ -60,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
     sizes = positive_settings({k: getattr(args, k) for k in ("n_train", "n_eval", "batch_size")})
     positive_settings({"epochs": args.epochs, "threads": args.threads})
     overrides = tuple(positive_settings({"d_model": args.d_model}).items())
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    for flag in ("jobs", "runs_per_gpu"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.retries < 0:
+        raise ValueError(f"--retries must be >= 0, got {args.retries}")
     if args.time_limit is not None and args.time_limit <= 0:
         raise ValueError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     check_device(args.device)
@@ -70,8 +83,19 @@ def run(args: argparse.Namespace) -> int:
     if not cells:
         raise ValueError(f"no cell of the grid uses the variants {args.models}")
     if not args.render_only:
+        from ..training.distributed import run_specs, summary_line, visible_gpus
+
         specs = grid_specs(cells, args.seeds, args.preset, args.epochs, model_overrides=overrides, **sizes)
-        run_grid(specs, args.runs_dir, args.jobs, args.device, args.time_limit, args.threads)
+        runs_per_gpu = args.runs_per_gpu or 1
+        if args.runs_per_gpu is None and args.jobs and args.scheduler is None and args.device != "cpu":
+            n_gpus = len(args.gpus) if args.gpus is not None else len(visible_gpus())
+            if n_gpus:
+                runs_per_gpu = -(-args.jobs // n_gpus)
+        result = run_specs(specs, args.runs_dir, scheduler=args.scheduler, runs_per_gpu=runs_per_gpu,
+                           device=args.device, threads=args.threads, n_workers=args.jobs, gpus=args.gpus,
+                           retries=args.retries, time_limit=args.time_limit, command=command_line(args, "reproduce"),
+                           progress=False)
+        print(summary_line(result))
     results = collect(args.runs_dir, cells, args.seeds, args.preset)
     ablation = None
     if args.ablation_runs:

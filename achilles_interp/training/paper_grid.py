@@ -1,15 +1,16 @@
-"""The paper's reproduction grid as data, and a runner that trains it in parallel processes.
+"""The paper's reproduction grid as data.
 
-    from achilles_interp.training.paper_grid import paper_cells, grid_specs, run_grid
+    from achilles_interp.training.paper_grid import paper_cells, grid_specs
+    from achilles_interp.training.distributed import run_specs
     specs = grid_specs(paper_cells(["mamba2"]), seeds=[0, 1, 2], preset="paper")
-    run_grid(specs, "runs/paper", jobs=8, device="cuda")
+    run_specs(specs, "runs/paper")                # trains them on Dask (every GPU of this machine)
 
-    python -m achilles_interp.training.paper_grid --runs-dir runs/paper --mixers mamba2 --jobs 8
+    achilles-interp reproduce --runs-dir runs/paper --mixers mamba2   # the same, then the report
 
 A :class:`Cell` is one configuration of the grid (task, variant, mixer, and the depth / init
 scale / token format where the cell fixes them); a :class:`RunSpec` is a cell trained with one
-seed under one preset. Everything a run's result depends on is in its spec, so the runner passes
-the spec itself (as JSON) to each child process: there is no list of options to forward by hand.
+seed under one preset. Everything a run's result depends on is in its spec, so a runner ships the
+spec itself to a worker: there is no list of options to forward by hand.
 
 Cells (:func:`paper_cells`, arXiv 2509.17514, appendix "Experiment detail and result"):
 
@@ -29,13 +30,8 @@ run (``metrics.json`` with ``"complete": true``) is reused, a stopped one resume
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -86,12 +82,21 @@ class Cell:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A cell trained with one seed under one preset (``epochs`` None: the preset's)."""
+    """A cell trained with one seed under one preset: everything a run's result depends on.
+
+    ``epochs``, ``n_train``, ``n_eval``, ``batch_size`` (None: the preset's) and ``model_overrides``
+    (``(name, value)`` pairs applied over the cell's, e.g. ``(("d_model", 16),)`` for a small test
+    grid) complete it; two specs that differ in any field are different runs.
+    """
 
     cell: Cell
     seed: int
     preset: str
     epochs: Optional[int] = None
+    n_train: Optional[int] = None
+    n_eval: Optional[int] = None
+    batch_size: Optional[int] = None
+    model_overrides: tuple = ()
 
     def run_dir(self, runs_dir) -> Path:
         return Path(runs_dir) / self.cell.task / self.cell.label / f"seed{self.seed}"
@@ -102,7 +107,12 @@ class RunSpec:
     @classmethod
     def from_json(cls, text: str) -> "RunSpec":
         d = json.loads(text)
-        return cls(cell=Cell(**d.pop("cell")), **d)
+        overrides = tuple(tuple(kv) for kv in d.pop("model_overrides", ()))
+        return cls(cell=Cell(**d.pop("cell")), model_overrides=overrides, **d)
+
+    def overrides(self) -> dict:
+        """The model overrides of the run: the cell's, then the spec's own."""
+        return {**self.cell.model_overrides(), **dict(self.model_overrides)}
 
     def metrics(self, runs_dir) -> Optional[dict]:
         """The run's ``metrics.json`` (finished or not), or None."""
@@ -123,7 +133,8 @@ class RunSpec:
         return train(
             self.cell.task, self.cell.model, out, preset=self.preset, seed=self.seed, device=device,
             epochs=self.epochs, mixer=self.cell.mixer or "mamba2", resume=(out / STATE_FILE).is_file(),
-            model_overrides=self.cell.model_overrides() or None, progress=progress, command=command,
+            n_train=self.n_train, n_eval=self.n_eval, batch_size=self.batch_size,
+            model_overrides=self.overrides() or None, progress=progress, command=command,
             threads=threads, task_format=self.cell.task_format,
         )
 
@@ -153,115 +164,8 @@ def paper_cells(mixers: Sequence[str] = ("mamba2",), tasks: Sequence[str] = GRID
     return cells
 
 
-def grid_specs(cells: Sequence[Cell], seeds: Sequence[int], preset: str,
-               epochs: Optional[int] = None) -> list[RunSpec]:
+def grid_specs(cells: Sequence[Cell], seeds: Sequence[int], preset: str, epochs: Optional[int] = None,
+               **settings) -> list[RunSpec]:
     """Every run of the grid, seed-major (seed 0 of every cell first, so an interrupted grid has
-    whole seeds)."""
-    return [RunSpec(cell, seed, preset, epochs) for seed in seeds for cell in cells]
-
-
-def _child_command(spec: RunSpec, runs_dir, device: Optional[str], threads: Optional[int]) -> list[str]:
-    cmd = [sys.executable, "-m", "achilles_interp.training.paper_grid", "--run-one", spec.to_json(),
-           "--runs-dir", str(runs_dir)]
-    if device:
-        cmd += ["--device", device]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    return cmd
-
-
-def run_grid(specs: Sequence[RunSpec], runs_dir, jobs: int = 1, device: Optional[str] = None,
-             time_limit: Optional[float] = None, threads: Optional[int] = 1, log=sys.stderr,
-             gpus: Optional[Sequence[int]] = None) -> dict:
-    """Train every unfinished run of ``specs``, ``jobs`` child processes at a time, each writing
-    its own run directory (and its output to ``train.log`` there). Runs still training after
-    ``time_limit`` seconds are stopped; each keeps its last checkpoint (every ``eval_every``
-    epochs) for the next invocation to resume. ``gpus``: GPU indices to spread the children
-    over (each child sees one, through ``CUDA_VISIBLE_DEVICES``; the least busy is taken).
-
-    Returns ``{"finished": [...], "failed": [...], "stopped": [...], "not_started": [...]}``
-    (lists of run directories as strings).
-    """
-    pending = [s for s in specs if not s.finished(runs_dir)]
-    status = {"finished": [], "failed": [], "stopped": [], "not_started": []}
-    running: list[tuple[RunSpec, subprocess.Popen, Optional[int]]] = []
-    deadline = None if time_limit is None else time.time() + time_limit
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1), "PYTHONUNBUFFERED": "1"}
-    t0 = time.time()
-    while pending or running:
-        while pending and len(running) < jobs:
-            spec = pending.pop(0)
-            d = spec.run_dir(runs_dir)
-            d.mkdir(parents=True, exist_ok=True)
-            gpu = None
-            child_env = env
-            if gpus:
-                gpu = min(gpus, key=lambda g: sum(r[2] == g for r in running))
-                child_env = {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}
-            logf = open(d / "train.log", "ab")
-            running.append((spec, subprocess.Popen(_child_command(spec, runs_dir, device, threads),
-                                                   stdout=logf, stderr=subprocess.STDOUT, env=child_env), gpu))
-            logf.close()
-        still = []
-        for spec, proc, gpu in running:
-            rc = proc.poll()
-            if rc is None:
-                still.append((spec, proc, gpu))
-                continue
-            d = str(spec.run_dir(runs_dir))
-            if rc == 0 and spec.finished(runs_dir):
-                acc = spec.metrics(runs_dir)["final"]["accuracy"]
-                status["finished"].append(d)
-                print(f"[{time.time() - t0:6.0f} s] done {d}: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), file=log, flush=True)
-            else:
-                status["failed"].append(d)
-                print(f"[{time.time() - t0:6.0f} s] FAILED (exit {rc}) {d}; see {d}/train.log", file=log, flush=True)
-        running = still
-        if deadline is not None and time.time() > deadline:
-            for spec, proc, _ in running:
-                proc.terminate()
-            for spec, proc, _ in running:
-                proc.wait()
-                status["stopped"].append(str(spec.run_dir(runs_dir)))
-            status["not_started"] = [str(s.run_dir(runs_dir)) for s in pending]
-            print(f"time limit: {len(running)} run(s) stopped, {len(pending)} not started", file=log, flush=True)
-            return status
-        time.sleep(1.0)
-    return status
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m achilles_interp.training.paper_grid", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs-dir", default="runs/paper")
-    ap.add_argument("--mixers", nargs="+", default=["mamba2"], choices=["mamba1", "mamba2"])
-    ap.add_argument("--tasks", nargs="+", default=list(GRID_TASKS), choices=list(GRID_TASKS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--preset", default="paper")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--task-format", default=None, choices=["paper", "special-tokens"])
-    ap.add_argument("--models", nargs="+", default=None, help="restrict the grid to these variants")
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--time-limit", type=float, default=None)
-    ap.add_argument("--gpus", nargs="+", type=int, default=None, help="GPU indices to spread the runs over")
-    ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # a child: one RunSpec as JSON
-    args = ap.parse_args(argv)
-    if args.run_one is not None:
-        spec = RunSpec.from_json(args.run_one)
-        spec.train(args.runs_dir, device=args.device, threads=args.threads,
-                   command=f"paper_grid --run-one {args.run_one}")
-        return 0
-    cells = [c for c in paper_cells(args.mixers, args.tasks, args.task_format)
-             if args.models is None or c.model in args.models]
-    specs = grid_specs(cells, args.seeds, args.preset, args.epochs)
-    status = run_grid(specs, args.runs_dir, args.jobs, args.device, args.time_limit, args.threads,
-                      gpus=args.gpus)
-    print(json.dumps({k: len(v) for k, v in status.items()}))
-    return 1 if status["failed"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    whole seeds); ``settings``: the other :class:`RunSpec` fields, the same for every run."""
+    return [RunSpec(cell, seed, preset, epochs, **settings) for seed in seeds for cell in cells]
