@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from .errors import UserError
+
 # name -> one-line help; the module achilles_interp.commands.<name> implements it
 COMMANDS = {
     "info": "describe a checkpoint or config: sizes, hook names and shapes",
@@ -22,8 +24,8 @@ COMMANDS = {
 }
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+class CLIError(UserError):
+    """A user-facing error of a command's own checks: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"achilles-interp {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
-        # Our own validation errors (ConfigError, CheckpointError, InputError, task errors) are
-        # ValueErrors with a specific message: show it, not a traceback.
+    except UserError as e:
+        # what the user passed in was wrong (achilles_interp.errors.UserError: ConfigError,
+        # CheckpointError, InputError, CLIError, bad task / preset / setting): one line, no traceback.
+        # Every other exception is a bug and surfaces with its traceback.
         print(f"achilles-interp {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 from torch import nn
 
 from .config import FANS
+from .errors import UserError
 
 
 def fan_of(module: nn.Module, fan: str = "in") -> int:
     """The fan-in or fan-out (``fan``) of a Linear or Embedding weight, as defined above."""
     if fan not in FANS:
-        raise ValueError(f"fan must be one of {FANS}, got {fan!r}")
+        raise UserError(f"fan must be one of {FANS}, got {fan!r}")
     if isinstance(module, nn.Linear):
         return module.in_features if fan == "in" else module.out_features
     if isinstance(module, nn.Embedding):

@@ -26,6 +26,8 @@ output, pre-activation), ``.hook_conv_act`` (u), ``.hook_ssm_out`` (scan output 
 
 from __future__ import annotations
 
+from .errors import UserError
+
 # stage name -> HookPoint attribute of the mixer
 STAGES = {
     "conv": "hook_conv_act",
@@ -71,10 +73,10 @@ def trace(model):
 def stage(nn_model, layer: int, name: str):
     """The envoy of a mixer stage (``name`` in :data:`STAGES`) at ``layer``."""
     if name not in STAGES:
-        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {name!r}")
+        raise UserError(f"stage must be one of {sorted(STAGES)}, got {name!r}")
     n_layers = len(nn_model.backbone.layers)
     if not 0 <= layer < n_layers:
-        raise ValueError(f"layer must be in [0, {n_layers}), got {layer}")
+        raise UserError(f"layer must be in [0, {n_layers}), got {layer}")
     return getattr(nn_model.backbone.layers[layer].mixer, STAGES[name])
 
 

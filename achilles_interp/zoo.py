@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .config import MambaConfig
+from .errors import UserError
 from .model import HookedMamba
 from .transformer import FORMAT as TRANSFORMER_FORMAT
 from .transformer import HookedTransformerBaseline, TransformerConfig
@@ -47,6 +48,18 @@ VARIANTS: dict[str, tuple[str, Optional[dict]]] = {
         {"conv_mode": "standard", "conv_kernel": "ones"},
     ),
 }
+
+
+def variant_name(cfg: Union[MambaConfig, TransformerConfig]) -> str:
+    """The :data:`VARIANTS` name a config is an instance of (``"mamba-bypass-pe"``, ...)."""
+    if isinstance(cfg, TransformerConfig):
+        return "transformer-conv" if cfg.qkv_conv else "transformer"
+    name = {"none": "mamba-noconv", "bypass": "mamba-bypass"}.get(cfg.conv_mode, "mamba")
+    if cfg.pos_embed is not None:
+        name += "-pe"
+    if cfg.conv_kernel == "ones":
+        name += "-ones"
+    return name
 
 
 def list_variants() -> list[str]:
@@ -74,9 +87,9 @@ def build_config(
 ) -> Union[MambaConfig, TransformerConfig]:
     """The config of variant ``name`` (see :func:`build_model` for the arguments)."""
     if name not in VARIANTS:
-        raise ValueError(f"unknown model variant {name!r}; allowed: {', '.join(VARIANTS)}")
+        raise UserError(f"unknown model variant {name!r}; allowed: {', '.join(VARIANTS)}")
     if pos_embed not in ("sinusoidal", "learned"):
-        raise ValueError(
+        raise UserError(
             f"pos_embed (for the +PE variants) must be 'sinusoidal' or 'learned', got {pos_embed!r}"
         )
     spec = VARIANTS[name][1]

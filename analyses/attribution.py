@@ -22,9 +22,11 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from achilles_interp.errors import UserError
+
 from .components import DEFAULT_COMPONENTS, check_components, hook_name, n_layers
 from .metrics import PatchingData, check_metric, metric_per_example, normalised_effect
-from .patching import _check_axis, base_and_source, cache_source, check_direction, run_metric
+from .patching import Baselines, base_and_source, check_axis, check_direction
 from .results import GridResult
 
 
@@ -38,27 +40,30 @@ def attribution_patching(
     direction: str = "denoising",
     token_labels: Optional[List[str]] = None,
     model_name: str = "model",
+    baselines: Optional[Baselines] = None,
 ) -> GridResult:
     """Attribution patching on the same grid as :func:`analyses.patching.activation_patching`.
 
     Returns a :class:`GridResult` with ``method="attribution"``; ``values`` = base metric +
     attribution (the linear estimate of the patched metric), ``effect`` normalised as for
     activation patching. Raises ValueError for a non-differentiable metric (``"accuracy"``).
+    ``baselines``: the unpatched runs when already computed (else two forward passes here); then
+    one forward and one backward pass on the base batch.
     """
     components = check_components(components)
     check_metric(metric, differentiable=True)
     check_direction(direction)
-    layers = _check_axis("layers", layers, n_layers(model))
-    positions = _check_axis("positions", positions, data.seq_len)
-    base, source = base_and_source(data, direction)
-    clean_b = float(run_metric(model, data.clean_tokens, data, metric).mean())
-    corr_b = float(run_metric(model, data.corrupted_tokens, data, metric).mean())
-    base_b = corr_b if direction == "denoising" else clean_b
-
+    layers = check_axis("layers", layers, n_layers(model))
+    positions = check_axis("positions", positions, data.seq_len)
+    base, _ = base_and_source(data, direction)
     names = {(c, layer): hook_name(model, c, layer) for c in components for layer in layers}
     wanted = sorted({nm for nm in names.values() if nm is not None})
     with_states = any(nm.endswith("hook_ssm_state") for nm in wanted)
-    src = cache_source(model, source, wanted, with_states)
+    if baselines is None or not baselines.covers(wanted):
+        baselines = Baselines.run(model, data, wanted)
+    src, _, base_out = baselines.source_and_base(direction)
+    clean_b, corr_b = baselines.clean.mean(metric), baselines.corrupted.mean(metric)
+    base_b = base_out.mean(metric)
 
     acts, grads = {}, {}
 
@@ -126,7 +131,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two equally-shaped tensors over their finite common cells."""
     a, b = torch.as_tensor(a).flatten().double(), torch.as_tensor(b).flatten().double()
     if a.shape != b.shape:
-        raise ValueError(f"spearman needs equally many values, got {a.numel()} and {b.numel()}")
+        raise UserError(f"spearman needs equally many values, got {a.numel()} and {b.numel()}")
     ok = torch.isfinite(a) & torch.isfinite(b)
     a, b = a[ok], b[ok]
     if a.numel() < 2:
@@ -154,7 +159,7 @@ def agreement(
     """
     for attr in ("components", "layers", "positions"):
         if getattr(act_result, attr) != getattr(attr_result, attr):
-            raise ValueError(
+            raise UserError(
                 f"results differ in {attr}: {getattr(act_result, attr)} vs {getattr(attr_result, attr)}"
             )
     a, b = act_result.values.clone().double(), attr_result.values.clone().double()

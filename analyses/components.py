@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+from achilles_interp.errors import UserError
+
 # Mamba (Mamba-1 and Mamba-2) components: name -> hook template
 MAMBA_COMPONENTS: Dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
     "mixer_in": "blocks.{layer}.mixer.hook_in",
     "x": "blocks.{layer}.mixer.hook_x",
+    "xBC": "blocks.{layer}.mixer.hook_xBC",  # Mamba-2 only: the conv input (x, B, C together)
     "conv_out": "blocks.{layer}.mixer.hook_conv_out",
     "conv_act": "blocks.{layer}.mixer.hook_conv_act",
     "dt": "blocks.{layer}.mixer.hook_dt",
@@ -72,8 +75,22 @@ def check_components(components: Sequence[str]) -> List[str]:
     allowed = all_component_names()
     bad = [c for c in components if c not in allowed]
     if bad or not components:
-        raise ValueError(f"unknown component(s) {bad or components!r}; allowed: {', '.join(allowed)}")
+        raise UserError(f"unknown component(s) {bad or components!r}; allowed: {', '.join(allowed)}")
     return list(components)
+
+
+def check_layers(model, layers=None) -> List[int]:
+    """``layers`` (default: all) as a list of valid layer indices of ``model``; ValueError otherwise."""
+    L = n_layers(model)
+    layers = list(range(L)) if layers is None else [int(x) for x in layers]
+    if not layers or any(not 0 <= x < L for x in layers):
+        raise UserError(f"layers must be a non-empty list of ints in [0, {L}), got {layers!r}")
+    return layers
+
+
+def conv_input(model) -> str:
+    """The component that enters the conv: ``x`` (Mamba-1) or ``xBC`` (Mamba-2)."""
+    return "x" if model.cfg.mixer == "mamba1" else "xBC"
 
 
 def hook_name(model, component: str, layer: int) -> str | None:

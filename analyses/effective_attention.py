@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from achilles_interp.errors import UserError
+
 
 def _segment_sums(dt: torch.Tensor):
     """dt ``[b, L, c]`` -> (``[b, L_i, L_j, c]`` = sum_{k=j+1..i} dt_k (0 where j > i),
@@ -42,7 +44,7 @@ def effective_attention_mamba1(
     """M ``[b, d_inner, L, L]`` from dt ``[b, L, d_inner]``, A ``[d_inner, d_state]`` (negative),
     B, C ``[b, L, d_state]``. Works in the dtype of ``dt`` (use float64 for exact checks)."""
     if dt.dim() != 3 or B.dim() != 3 or C.dim() != 3 or A.dim() != 2:
-        raise ValueError(
+        raise UserError(
             "Mamba-1 effective attention needs dt [b, L, d_inner], A [d_inner, d_state], "
             f"B, C [b, L, d_state]; got {tuple(dt.shape)}, {tuple(A.shape)}, "
             f"{tuple(B.shape)}, {tuple(C.shape)}"
@@ -70,7 +72,7 @@ def effective_attention_mamba2(
     """M ``[b, nheads, L, L]`` from dt ``[b, L, nheads]``, A ``[nheads]``,
     B, C ``[b, L, ngroups, d_state]``."""
     if dt.dim() != 3 or A.dim() != 1 or B.dim() != 4 or C.dim() != 4:
-        raise ValueError("Mamba-2 effective attention needs dt [b, L, H], A [H], B, C [b, L, G, N]")
+        raise UserError("Mamba-2 effective attention needs dt [b, L, H], A [H], B, C [b, L, G, N]")
     f = dt.dtype
     H, G = dt.shape[-1], B.shape[2]
     cb = torch.einsum("bign,bjgn->bgij", C.to(f), B.to(f))  # [b, G, i, j]
@@ -99,7 +101,7 @@ def effective_attention(
     """Effective attention of ``model`` (HookedMamba) at ``layer`` on ``tokens [b, L]``:
     ``[b, d_inner, L, L]`` (Mamba-1) or ``[b, nheads, L, L]`` (Mamba-2)."""
     if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"layer must be in [0, {model.cfg.n_layers}), got {layer}")
+        raise UserError(f"layer must be in [0, {model.cfg.n_layers}), got {layer}")
     pre = f"blocks.{layer}.mixer."
     with torch.no_grad():
         _, cache = model.run_with_cache(
@@ -136,7 +138,7 @@ def transformer_attention(model, tokens: torch.Tensor, layer: int) -> torch.Tens
     """The Transformer baseline's attention pattern ``[b, heads, L, L]`` at ``layer``."""
     name = f"blocks.{layer}.attn.hook_pattern"
     if name not in model.hook_dict:
-        raise ValueError(f"model has no hook {name!r} (is it the Transformer baseline?)")
+        raise UserError(f"model has no hook {name!r} (is it the Transformer baseline?)")
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=[name])
     return cache[name]

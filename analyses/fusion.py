@@ -29,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from achilles_interp.errors import UserError
+
 from .components import hook_name
 
 FUSION_COMPONENTS = ("conv_out", "ssm_out", "resid_post")
@@ -37,7 +39,7 @@ FUSION_COMPONENTS = ("conv_out", "ssm_out", "resid_post")
 def _target(model, component: str, layer: int) -> str:
     nm = hook_name(model, component, layer)
     if nm is None:
-        raise ValueError(f"model has no component {component!r} at layer {layer}")
+        raise UserError(f"model has no component {component!r} at layer {layer}")
     return nm
 
 
@@ -75,7 +77,7 @@ def jacobian_influence(
     n, L = tokens.shape
     nm = _target(model, component, layer)
     if nm.endswith("hook_ssm_state"):
-        raise ValueError("jacobian_influence does not support ssm_state; use ssm_out")
+        raise UserError("jacobian_influence does not support ssm_state; use ssm_out")
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=["hook_embed", nm])
     emb, act0 = cache["hook_embed"], cache[nm]
@@ -84,7 +86,7 @@ def jacobian_influence(
         V = torch.eye(D, dtype=act0.dtype)
     else:
         if not isinstance(n_probes, int) or n_probes < 1:
-            raise ValueError(f"n_probes must be None (exact) or a positive int, got {n_probes!r}")
+            raise UserError(f"n_probes must be None (exact) or a positive int, got {n_probes!r}")
         V = torch.randn(n_probes, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(
             act0.dtype
         )
@@ -158,7 +160,7 @@ def asymmetry_index(influence: torch.Tensor, spans: Sequence[Tuple[int, int]]) -
     per, left, partner = [], [], []
     for s, m in spans:
         if m < 3 or s < 0 or s + m > L:
-            raise ValueError(f"span (start={s}, length={m}) must have length >= 3 and fit in [0, {L})")
+            raise UserError(f"span (start={s}, length={m}) must have length >= 3 and fit in [0, {L})")
         i = s + m - 1
         a, b = float(influence[i, i - 1]), float(influence[i, s])
         per.append((a - b) / (a + b) if a + b > 0 else float("nan"))
@@ -189,7 +191,7 @@ def fusion_report(
     "spans": spans, "method": method}``; components the model lacks are skipped.
     """
     if method not in ("jacobian", "ablation"):
-        raise ValueError(f"method must be 'jacobian' or 'ablation', got {method!r}")
+        raise UserError(f"method must be 'jacobian' or 'ablation', got {method!r}")
     if method == "jacobian":
 
         def fn(m, t, c, layer):

@@ -1,120 +1,281 @@
-"""The paper's interventions (arXiv 2509.17514), as hooks on a HookedMamba.
+"""Interventions as objects over one primitive, :func:`set_at`.
 
-* **Blocking** (:func:`blocking`): zero the contribution of chosen *source* tokens j to every later
-  token, i.e. the column j of S = Mask∘(C Bᵀ) / of the effective attention M[:, :, j]. Implemented by
-  knocking out the tokens' writes into the state: ``B_j := 0`` (``hook_B``) so the write
-  dt_j B_j u_j vanishes while the decay exp(dt_j A) is kept. Reports output agreement with the
-  unblocked model.
-* **Substitution** (:func:`substitution`): replace the post-conv hidden states (``hook_conv_act``)
-  of chosen downstream positions with those from another input; reports how often the output
-  follows the other input.
-* **All-ones conv** (:func:`all_ones_conv`): a copy of the model whose conv kernels are all ones
-  (zero bias): symmetric fusion of the window. :func:`all_ones_accuracy` reports accuracy.
-* :func:`conv_tap_cosine`: cosine similarity between the conv kernel's taps (over channels).
+An intervention says *where* (a :class:`Site`: component, layer, positions) and *what value*:
+
+* :class:`Patch`: the value the site takes on other tokens (activation patching's cell; the
+  paper's **substitution** is a patch of ``conv_act``, the post-conv hidden states);
+* :class:`Zero`: 0 (the paper's **blocking** is ``B_j := 0``: token j writes nothing into the
+  state, its decay is kept; :func:`block_writes`; a **state-write knockout** is ``dt_j := 0``:
+  no decay and no write, :func:`knock_out_writes`);
+* :class:`Mean`: the site's mean over a reference batch and all positions;
+* :class:`ConvIdentity`: the conv output := its input (no mixing across positions);
+* :class:`AllOnesConv`: the conv output := the conv of its input with an all-ones kernel and
+  zero bias (the paper's symmetric fusion, applied to a trained model without copying it).
+
+``intervention.hooks(model, tokens)`` returns TransformerLens ``(hook name, fn)`` pairs for a run
+on ``tokens``; :func:`analyses.evaluation.evaluate` runs them. Hook names always come from
+:func:`analyses.components.hook_name`.
+
+Tables of interventions are lists: :func:`ablation_set` (path ablations) and
+:func:`paper_interventions` (blocking, substitution, all-ones conv) on clean/corrupted data;
+:func:`run_interventions` evaluates a list and tabulates the outcome.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
-from .ablations import _layers
-from .metrics import answer_logits
+from achilles_interp.errors import UserError
+from achilles_interp.reference_ops import causal_conv1d_ref
 
+from .components import check_layers, conv_input, hook_name, is_mamba
+from .evaluation import evaluate
+from .metrics import PatchingData
 
-def predict(model, tokens: torch.Tensor, answer_pos, label_tokens: Optional[torch.Tensor] = None, hooks=()):
-    """Predicted token id at the answer position ``[n]`` (argmax over ``label_tokens`` if given)."""
-    with torch.no_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))
-    ap = (
-        answer_pos
-        if isinstance(answer_pos, torch.Tensor)
-        else torch.full((tokens.shape[0],), int(answer_pos))
-    )
-    al = answer_logits(logits, ap)
-    if label_tokens is None:
-        return al.argmax(-1).cpu()
-    cand = label_tokens.to(al.device)
-    return cand[al[:, cand].argmax(-1)].cpu()
+Positions = Union[None, Sequence[int], torch.Tensor]
 
 
-def blocking_hooks(model, source_positions: Sequence[int], layers: Optional[Sequence[int]] = None):
-    """Hooks setting B_j := 0 at ``source_positions`` in ``layers`` (default all)."""
-    layers = _layers(model, layers)
-    pos = [int(p) for p in source_positions]
-    if not pos:
-        raise ValueError("source_positions must name at least one position")
-
-    def hook(act, hook):
-        act = act.clone()
-        act[:, pos] = 0
-        return act
-
-    return [(f"blocks.{i}.mixer.hook_B", hook) for i in layers]
-
-
-def blocking(
-    model,
-    tokens: torch.Tensor,
-    answer_pos,
-    source_positions: Sequence[int],
-    labels=None,
-    label_tokens=None,
-    layers: Optional[Sequence[int]] = None,
-) -> dict:
-    """Block the source tokens' writes; return ``{"agreement": fraction of predictions unchanged,
-    "accuracy_before", "accuracy_after"}`` (accuracies only when ``labels`` are given)."""
-    before = predict(model, tokens, answer_pos, label_tokens)
-    after = predict(model, tokens, answer_pos, label_tokens, blocking_hooks(model, source_positions, layers))
-    out = {"agreement": float((before == after).float().mean()), "source_positions": list(source_positions)}
-    if labels is not None:
-        out["accuracy_before"] = float((before == labels).float().mean())
-        out["accuracy_after"] = float((after == labels).float().mean())
+def set_at(act: torch.Tensor, positions: Positions, values: torch.Tensor,
+           rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A copy of ``act [batch, pos, ...]`` with ``act[:, positions] = values`` (``positions`` a
+    list, or None = every position), or, given ``rows``, ``act[rows, positions] = values`` (two
+    index tensors of one length): the one place an activation is overwritten."""
+    out = act.clone()
+    if rows is not None:
+        out[rows, positions] = values.to(out.dtype)
+    elif positions is None:
+        out[:] = values.to(out.dtype)
+    else:
+        out[:, list(positions)] = values.to(out.dtype)
     return out
 
 
-def substitution(
-    model,
-    tokens: torch.Tensor,
-    other_tokens: torch.Tensor,
-    answer_pos,
-    positions: Sequence[int],
-    label_tokens=None,
-    layers: Optional[Sequence[int]] = None,
-) -> dict:
-    """Put ``other_tokens``' post-conv states (``hook_conv_act``) at ``positions`` into the run on
-    ``tokens``; return ``{"follows_other": P(pred == pred on other), "keeps_original": P(pred ==
-    pred on tokens)}``."""
-    if tokens.shape != other_tokens.shape:
-        raise ValueError(
-            f"tokens and other_tokens must have the same shape, got {tuple(tokens.shape)} "
-            f"and {tuple(other_tokens.shape)}"
-        )
-    layers = _layers(model, layers)
-    pos = [int(p) for p in positions]
-    names = [f"blocks.{i}.mixer.hook_conv_act" for i in layers]
+@dataclass(frozen=True)
+class Site:
+    """A component at one layer, at ``positions`` (None: every position)."""
+
+    component: str
+    layer: int
+    positions: Optional[tuple] = None
+
+    def name(self, model) -> str:
+        nm = hook_name(model, self.component, self.layer)
+        if nm is None:
+            raise UserError(f"the model has no component {self.component!r} at layer {self.layer}")
+        if nm.endswith("hook_ssm_state"):
+            raise UserError("ssm_state sites re-run the scan: patch them with analyses.patching.activation_patching")
+        return nm
+
+
+def _sites(component: str, model, layers, positions=None) -> tuple:
+    pos = None if positions is None else tuple(int(p) for p in positions)
+    return tuple(Site(component, layer, pos) for layer in check_layers(model, layers))
+
+
+def _cache(model, tokens: torch.Tensor, names: Sequence[str]) -> dict:
     with torch.no_grad():
-        _, cache = model.run_with_cache(other_tokens, names_filter=names)
+        _, cache = model.run_with_cache(tokens, names_filter=list(set(names)))
+    return cache
 
-    def make(v):
-        def hook(act, hook):
-            act = act.clone()
-            act[:, pos] = v[:, pos].to(act.dtype)
-            return act
 
-        return hook
+class Intervention:
+    """Base class: ``label`` and ``hooks(model, tokens) -> [(hook name, fn)]``."""
 
-    hooks = [(nm, make(cache[nm])) for nm in names]
-    orig = predict(model, tokens, answer_pos, label_tokens)
-    other = predict(model, other_tokens, answer_pos, label_tokens)
-    patched = predict(model, tokens, answer_pos, label_tokens, hooks)
-    return {
-        "follows_other": float((patched == other).float().mean()),
-        "keeps_original": float((patched == orig).float().mean()),
-        "positions": pos,
-    }
+    label: str = "intervention"
+
+    def hooks(self, model, tokens: torch.Tensor) -> list:
+        raise NotImplementedError
+
+
+@dataclass
+class Patch(Intervention):
+    """Every site := its value on ``source`` tokens (same shape as the run's tokens, or a batch
+    that the run's tokens are stacked copies of)."""
+
+    sites: tuple
+    source: torch.Tensor
+    label: str = "patch"
+
+    def hooks(self, model, tokens):
+        names = [s.name(model) for s in self.sites]
+        cache = _cache(model, self.source, names)
+        reps = tokens.shape[0] // self.source.shape[0]
+        out = []
+        for s, nm in zip(self.sites, names):
+            v = cache[nm].repeat(reps, *([1] * (cache[nm].dim() - 1)))
+            v = v if s.positions is None else v[:, list(s.positions)]
+            out.append((nm, lambda act, hook, v=v, p=s.positions: set_at(act, p, v)))
+        return out
+
+
+@dataclass
+class Zero(Intervention):
+    sites: tuple
+    label: str = "zero"
+
+    def hooks(self, model, tokens):
+        return [(s.name(model), lambda act, hook, p=s.positions: set_at(act, p, torch.zeros(())))
+                for s in self.sites]
+
+
+@dataclass
+class Mean(Intervention):
+    """Every site := its mean over (batch, positions) on ``reference`` tokens."""
+
+    sites: tuple
+    reference: torch.Tensor
+    label: str = "mean"
+
+    def hooks(self, model, tokens):
+        names = [s.name(model) for s in self.sites]
+        cache = _cache(model, self.reference, names)
+        return [(nm, lambda act, hook, m=cache[nm].mean((0, 1)), p=s.positions: set_at(act, p, m))
+                for s, nm in zip(self.sites, names)]
+
+
+@dataclass
+class _ConvReplacement(Intervention):
+    """conv_out := f(conv input) in the same run (the input saved at its own hook first)."""
+
+    layers: Optional[Sequence[int]] = None
+    label: str = "conv replacement"
+
+    def replace(self, model, layer: int, pre: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def hooks(self, model, tokens):
+        if not is_mamba(model):
+            raise UserError(f"{self.label} needs a Mamba model")
+        out = []
+        for layer in check_layers(model, self.layers):
+            store = {}
+            pre = hook_name(model, conv_input(model), layer)
+
+            def save(act, hook, store=store):
+                store["pre"] = act
+
+            def replace(act, hook, store=store, layer=layer):
+                return set_at(act, None, self.replace(model, layer, store["pre"]))
+
+            out += [(pre, save), (Site("conv_out", layer).name(model), replace)]
+        return out
+
+
+@dataclass
+class ConvIdentity(_ConvReplacement):
+    """conv_out := the conv's input: a bypass with no mixing across positions."""
+
+    label: str = "conv := identity"
+
+    def replace(self, model, layer, pre):
+        return pre
+
+
+@dataclass
+class AllOnesConv(_ConvReplacement):
+    """conv_out := causal conv of the conv input with an all-ones kernel and zero bias: the same
+    function as the model copy :func:`all_ones_conv` makes, without copying it."""
+
+    label: str = "conv kernel := all ones"
+
+    def replace(self, model, layer, pre):
+        conv = model.blocks[layer].mixer.conv1d
+        ones = torch.ones_like(conv.weight)
+        return causal_conv1d_ref(pre, ones, None)
+
+
+def block_writes(model, positions: Sequence[int], layers=None) -> Zero:
+    """The paper's blocking: ``B_j := 0`` at ``positions`` (their writes into the state vanish, the
+    decay exp(dt_j A) is kept): column j of S = Mask∘(C Bᵀ) is removed."""
+    if not list(positions):
+        raise UserError("blocking needs at least one source position")
+    return Zero(_sites("B", model, layers, positions), label=f"block writes of positions {list(positions)}")
+
+
+def knock_out_writes(model, positions: Sequence[int], layers=None) -> Zero:
+    """``dt_j := 0`` at ``positions``: h_j = h_{j-1} (no decay, no write): those tokens never enter
+    the state."""
+    return Zero(_sites("dt", model, layers, positions), label=f"state writes knocked out at {list(positions)}")
+
+
+def substitute_conv(model, other_tokens: torch.Tensor, positions: Sequence[int], layers=None) -> Patch:
+    """The paper's substitution: the post-conv hidden states (``conv_act``) at ``positions`` taken
+    from the run on ``other_tokens``."""
+    return Patch(_sites("conv_act", model, layers, positions), other_tokens,
+                 label=f"post-conv states at {list(positions)} from the other input")
+
+
+def ablation_set(model, data: PatchingData, layers=None) -> List[Intervention]:
+    """The path ablations, on the clean batch: conv mean / identity, frozen SSM input (u from the
+    corrupted run), state writes knocked out where clean and corrupted differ, gate mean."""
+    clean, corr = data.clean_tokens, data.corrupted_tokens
+    answer = data.single_answer_pos()
+    knock = [p for p in data.diff_positions if p != answer] or data.diff_positions
+    out = [
+        Mean(_sites("conv_out", model, layers), clean, label="conv := mean"),
+        ConvIdentity(layers),
+        Patch(_sites("conv_act", model, layers), corr, label="u := corrupted (frozen SSM input)"),
+        Mean(_sites("gate", model, layers), clean, label="gate := mean"),
+    ]
+    if knock:
+        out.insert(3, knock_out_writes(model, knock, layers))
+    return out
+
+
+@dataclass
+class InterventionResult:
+    """One intervention's outcome on the clean batch: ``accuracy``, ``logit_diff`` (clean minus
+    corrupted label), ``agreement`` (fraction of predictions unchanged by it) and, for a
+    substitution, ``follows_other`` (fraction equal to the prediction on the other input)."""
+
+    label: str
+    accuracy: float
+    logit_diff: float
+    agreement: float
+    follows_other: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def run_interventions(model, data: PatchingData, interventions: Sequence[Intervention],
+                      other: Optional[torch.Tensor] = None) -> List[InterventionResult]:
+    """Evaluate each intervention on the clean batch against the unpatched run (first row:
+    ``none``). ``other``: the tokens substitutions draw from, for ``follows_other``."""
+    base = evaluate(model, data.clean_tokens, data)
+    pred0 = base.predictions()
+    other_pred = evaluate(model, other, data).predictions() if other is not None else None
+    rows = [InterventionResult("none", base.accuracy(), base.mean("logit_diff"), 1.0)]
+    for iv in interventions:
+        out = evaluate(model, data.clean_tokens, data, [iv])
+        pred = out.predictions()
+        follows = None
+        if other_pred is not None and isinstance(iv, Patch) and iv.source is other:
+            follows = float((pred == other_pred).float().mean())
+        rows.append(InterventionResult(iv.label, out.accuracy(), out.mean("logit_diff"),
+                                       float((pred == pred0).float().mean()), follows))
+    return rows
+
+
+def paper_interventions(model, data: PatchingData) -> List[Intervention]:
+    """The paper's three interventions on ``data``: blocking every position before the first one
+    where clean and corrupted differ (the context the answer must be retrieved from),
+    substituting the post-conv states of the changed positions from the corrupted input, and the
+    all-ones conv kernel (the last two need a conv)."""
+    first = min(data.diff_positions) if data.diff_positions else data.seq_len
+    out: List[Intervention] = []
+    if first > 0:
+        out.append(block_writes(model, list(range(first))))
+    if all(b.mixer.conv1d is not None for b in model.blocks):
+        if data.diff_positions:
+            out.append(substitute_conv(model, data.corrupted_tokens, data.diff_positions))
+        out.append(AllOnesConv())
+    return out
 
 
 def all_ones_conv(model):
@@ -129,13 +290,6 @@ def all_ones_conv(model):
             if conv.bias is not None:
                 conv.bias.zero_()
     return m
-
-
-def all_ones_accuracy(model, tokens, answer_pos, labels, label_tokens=None) -> dict:
-    """Accuracy of the model and of its all-ones-kernel copy."""
-    acc = float((predict(model, tokens, answer_pos, label_tokens) == labels).float().mean())
-    ones = float((predict(all_ones_conv(model), tokens, answer_pos, label_tokens) == labels).float().mean())
-    return {"accuracy": acc, "accuracy_all_ones_conv": ones}
 
 
 def conv_tap_cosine(models) -> torch.Tensor:
@@ -154,9 +308,13 @@ def conv_tap_cosine(models) -> torch.Tensor:
         per_layer = []
         for block in m.blocks:
             if block.mixer.conv1d is None:
-                raise ValueError("model has no conv (conv_mode='none')")
-            taps = block.mixer.conv1d.weight.detach()[:, 0, :].T.float()  # [K, C]
-            taps = taps / taps.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                raise UserError("model has no conv (conv_mode='none')")
+            taps = F.normalize(block.mixer.conv1d.weight.detach()[:, 0, :].T.float(), dim=1, eps=1e-12)  # [K, C]
             per_layer.append(taps @ taps.T)
         out.append(torch.stack(per_layer))
     return torch.stack(out)
+
+
+__all__ = ["set_at", "Site", "Intervention", "Patch", "Zero", "Mean", "ConvIdentity", "AllOnesConv",
+           "block_writes", "knock_out_writes", "substitute_conv", "ablation_set", "paper_interventions",
+           "InterventionResult", "run_interventions", "all_ones_conv", "conv_tap_cosine"]

@@ -16,6 +16,9 @@ from typing import Optional, Union
 
 import torch
 
+from achilles_interp.errors import UserError
+from achilles_interp.tasks import answer_logits
+
 METRICS = ("logit_diff", "prob", "accuracy")
 DIFFERENTIABLE_METRICS = ("logit_diff", "prob")
 
@@ -23,7 +26,7 @@ DIFFERENTIABLE_METRICS = ("logit_diff", "prob")
 def check_metric(metric: str, differentiable: bool = False) -> str:
     allowed = DIFFERENTIABLE_METRICS if differentiable else METRICS
     if metric not in allowed:
-        raise ValueError(f"metric must be one of {allowed}, got {metric!r}")
+        raise UserError(f"metric must be one of {allowed}, got {metric!r}")
     return metric
 
 
@@ -36,6 +39,7 @@ class PatchingData:
         answer_pos: int or ``LongTensor [n]``: the position whose logits predict the label.
         clean_labels, corrupted_labels: ``LongTensor [n]`` token ids.
         label_tokens: optional ``LongTensor [c]`` candidate answers (accuracy is argmax over them).
+        change: what differs between clean and corrupted (the task's change name, e.g. ``"query"``).
     """
 
     clean_tokens: torch.Tensor
@@ -44,14 +48,15 @@ class PatchingData:
     clean_labels: torch.Tensor
     corrupted_labels: torch.Tensor
     label_tokens: Optional[torch.Tensor] = None
+    change: str = "custom"
 
     def __post_init__(self) -> None:
         for name in ("clean_tokens", "corrupted_tokens"):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or t.dim() != 2:
-                raise ValueError(f"{name} must be a LongTensor [n, L]")
+                raise UserError(f"{name} must be a LongTensor [n, L]")
         if self.clean_tokens.shape != self.corrupted_tokens.shape:
-            raise ValueError(
+            raise UserError(
                 f"clean and corrupted tokens must have the same shape, got "
                 f"{tuple(self.clean_tokens.shape)} and {tuple(self.corrupted_tokens.shape)}"
             )
@@ -61,18 +66,18 @@ class PatchingData:
             if t.dim() == 0:
                 t = t.expand(n)
             if t.shape != (n,):
-                raise ValueError(f"{name} must be a LongTensor [n={n}], got {tuple(t.shape)}")
+                raise UserError(f"{name} must be a LongTensor [n={n}], got {tuple(t.shape)}")
             setattr(self, name, t)
         ap = self.answer_pos
         if isinstance(ap, torch.Tensor):
             if ap.dim() == 2 and ap.shape[1] == 1:
                 ap = ap[:, 0]
             if ap.shape != (n,):
-                raise ValueError(f"answer_pos must be an int or LongTensor [n={n}], got {tuple(ap.shape)}")
+                raise UserError(f"answer_pos must be an int or LongTensor [n={n}], got {tuple(ap.shape)}")
             if int(ap.min()) < 0 or int(ap.max()) >= L:
-                raise ValueError(f"answer_pos must lie in [0, {L})")
+                raise UserError(f"answer_pos must lie in [0, {L})")
         elif not 0 <= int(ap) < L:
-            raise ValueError(f"answer_pos must lie in [0, {L}), got {ap}")
+            raise UserError(f"answer_pos must lie in [0, {L}), got {ap}")
         self.answer_pos = ap
 
     @property
@@ -89,11 +94,16 @@ class PatchingData:
             return self.answer_pos.long()
         return torch.full((self.n,), int(self.answer_pos), dtype=torch.long)
 
+    @property
+    def diff_positions(self) -> list:
+        """Positions where the clean and corrupted tokens differ in at least one example."""
+        return (self.clean_tokens != self.corrupted_tokens).any(0).nonzero().flatten().tolist()
+
     def single_answer_pos(self) -> int:
         """The answer position when it is the same for every example (else ValueError)."""
         ap = self.answer_positions()
         if not bool((ap == ap[0]).all()):
-            raise ValueError("this analysis needs one answer position shared by all examples")
+            raise UserError("this analysis needs one answer position shared by all examples")
         return int(ap[0])
 
     def subset(self, idx) -> "PatchingData":
@@ -105,14 +115,16 @@ class PatchingData:
             self.clean_labels[idx],
             self.corrupted_labels[idx],
             self.label_tokens,
+            self.change,
         )
 
     @classmethod
-    def from_task(cls, task, n: int, seed: int = 0, split: str = "test") -> "PatchingData":
-        """Build from a task's ``clean_corrupted_pairs(n, seed, split)``."""
-        clean, corrupted, info = task.clean_corrupted_pairs(n, seed=seed, split=split)
+    def from_task(cls, task, n: int, seed: int = 0, split: str = "test",
+                  change: Optional[str] = None) -> "PatchingData":
+        """Build from a task's ``clean_corrupted_pairs(n, seed, split, change)``."""
+        clean, corrupted, info = task.clean_corrupted_pairs(n, seed=seed, split=split, change=change)
         if clean.labels.dim() != 1:
-            raise ValueError(
+            raise UserError(
                 f"patching needs a single-answer task; {task!r} has labels {tuple(clean.labels.shape)}"
             )
         return cls(
@@ -122,33 +134,37 @@ class PatchingData:
             info["clean_labels"],
             info["corrupted_labels"],
             getattr(task, "label_tokens", None),
+            info["change_name"],
         )
-
-
-def answer_logits(logits: torch.Tensor, answer_pos: torch.Tensor) -> torch.Tensor:
-    """logits ``[b, L, V]``, answer_pos ``[b]`` -> ``[b, V]``."""
-    idx = answer_pos.to(logits.device).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
-    return logits.gather(1, idx)[:, 0]
 
 
 def metric_per_example(logits: torch.Tensor, data: PatchingData, metric: str, reps: int = 1) -> torch.Tensor:
     """Per-example metric. ``logits [reps * n, L, V]`` (``reps`` stacked copies of the batch,
     replica-major) -> ``[reps * n]`` (float; differentiable for logit_diff and prob)."""
-    check_metric(metric)
     ap = data.answer_positions().repeat(reps)
-    right = data.clean_labels.repeat(reps).to(logits.device)
-    wrong = data.corrupted_labels.repeat(reps).to(logits.device)
-    al = answer_logits(logits, ap).float()
+    return answer_metric(answer_logits(logits, ap)[:, 0], data, metric, reps)
+
+
+def answer_metric(al: torch.Tensor, data: PatchingData, metric: str, reps: int = 1) -> torch.Tensor:
+    """The metric from answer-position logits ``al [reps * n, V]`` -> ``[reps * n]``."""
+    check_metric(metric)
+    al = al.float()
+    right = data.clean_labels.repeat(reps).to(al.device)
+    wrong = data.corrupted_labels.repeat(reps).to(al.device)
     if metric == "logit_diff":
         return al.gather(1, right[:, None])[:, 0] - al.gather(1, wrong[:, None])[:, 0]
     if metric == "prob":
         return al.softmax(-1).gather(1, right[:, None])[:, 0]
-    if data.label_tokens is not None:
-        cand = data.label_tokens.to(al.device)
-        pred = cand[al[:, cand].argmax(-1)]
-    else:
-        pred = al.argmax(-1)
-    return (pred == right).float()
+    return (predictions(al, data.label_tokens) == right).float()
+
+
+def predictions(al: torch.Tensor, label_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Predicted ids ``[N]`` from answer logits ``al [N, V]``: argmax over ``label_tokens`` when
+    given, else over the whole vocabulary."""
+    if label_tokens is None:
+        return al.argmax(-1)
+    cand = label_tokens.to(al.device)
+    return cand[al[:, cand].argmax(-1)]
 
 
 def normalised_effect(value, clean: float, corrupted: float, direction: str):

@@ -18,28 +18,35 @@ batch row, so the edit propagates to every later state of that replica only.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from achilles_interp.errors import UserError
+from achilles_interp.tasks import answer_logits
+
 from .components import DEFAULT_COMPONENTS, check_components, hook_name, n_layers
-from .metrics import PatchingData, check_metric, metric_per_example, normalised_effect
+from .evaluation import Outcome, evaluate
+from .interventions import Patch, Site, set_at
+from .metrics import PatchingData, check_metric, normalised_effect
 from .results import GridResult
 
 DIRECTIONS = ("denoising", "noising")
+STATE_BYTES = 1 << 30  # memory for the SSM states one patching pass emits (all its replicas, fp32)
 
 
 def check_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise UserError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     return direction
 
 
-def _check_axis(name: str, values, limit: int) -> List[int]:
+def check_axis(name: str, values, limit: int) -> List[int]:
     values = list(range(limit)) if values is None else [int(v) for v in values]
     bad = [v for v in values if not 0 <= v < limit]
     if bad or not values:
-        raise ValueError(f"{name} must be a non-empty list of ints in [0, {limit}), got {values!r}")
+        raise UserError(f"{name} must be a non-empty list of ints in [0, {limit}), got {values!r}")
     return values
 
 
@@ -50,37 +57,46 @@ def base_and_source(data: PatchingData, direction: str):
     return data.clean_tokens, data.corrupted_tokens
 
 
-@torch.no_grad()
-def run_metric(
-    model, tokens: torch.Tensor, data: PatchingData, metric: str, fwd_hooks=(), reps: int = 1, **kwargs
-) -> torch.Tensor:
-    """Per-example metric ``[reps * n]`` of ``model`` on ``tokens`` with the given hooks."""
-    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), **kwargs)
-    return metric_per_example(logits, data, metric, reps=reps)
+@dataclass
+class Baselines:
+    """The unpatched clean and corrupted runs of one model on one :class:`PatchingData`: their
+    :class:`~analyses.evaluation.Outcome` and the activations ``{hook name: [n, L, ...]}`` of the
+    hooks asked for (states at every position when ``ssm_state`` hooks are among them). Computed
+    once (two forward passes) and shared by activation and attribution patching."""
+
+    clean: Outcome
+    corrupted: Outcome
+    clean_acts: Dict[str, torch.Tensor]
+    corrupted_acts: Dict[str, torch.Tensor]
+
+    @classmethod
+    @torch.no_grad()
+    def run(cls, model, data: PatchingData, names: Sequence[str]) -> "Baselines":
+        names = sorted(set(names))
+        kwargs = {"ssm_state_positions": "all"} if any(nm.endswith("hook_ssm_state") for nm in names) else {}
+        outs, acts = [], []
+        for tokens in (data.clean_tokens, data.corrupted_tokens):
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda nm: nm in names, **kwargs)
+            ap = data.answer_positions()
+            outs.append(Outcome(answer_logits(logits, ap)[:, 0].float().cpu(), data))
+            acts.append({nm: cache[nm] for nm in names})
+        return cls(outs[0], outs[1], acts[0], acts[1])
+
+    def covers(self, names: Sequence[str]) -> bool:
+        return set(names) <= set(self.clean_acts)
+
+    def source_and_base(self, direction: str):
+        """(source activations, base activations, base outcome) for a patching direction."""
+        check_direction(direction)
+        if direction == "denoising":
+            return self.clean_acts, self.corrupted_acts, self.corrupted
+        return self.corrupted_acts, self.clean_acts, self.clean
 
 
-@torch.no_grad()
-def cache_source(
-    model, tokens: torch.Tensor, names: Sequence[str], with_states: bool
-) -> Dict[str, torch.Tensor]:
-    """Activations ``{hook name: [n, L, ...]}`` of one run (states at every position if asked)."""
-    names = set(names)
-    kwargs = {"ssm_state_positions": "all"} if with_states else {}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda nm: nm in names, **kwargs)
-    return {nm: cache[nm] for nm in names}
-
-
-def _cell_patch_hook(
-    src: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, src_rows: torch.Tensor, src_pos: torch.Tensor
-) -> Callable:
-    """Hook setting ``act[rows, pos] = src[src_rows, src_pos]`` (advanced indexing on dims 0, 1)."""
-
-    def hook(act, hook):
-        act = act.clone()
-        act[rows, pos] = src[src_rows, src_pos].to(act.dtype)
-        return act
-
-    return hook
+def _cell_patch_hook(src: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, src_rows: torch.Tensor,
+                     src_pos: torch.Tensor) -> Callable:
+    """Hook setting ``act[rows, pos] = src[src_rows, src_pos]``."""
+    return lambda act, hook: set_at(act, pos, src[src_rows, src_pos], rows=rows)
 
 
 def _replica_index(n: int, replicas: Sequence[int], positions: Sequence[int], device):
@@ -106,6 +122,8 @@ def activation_patching(
     model_name: str = "model",
     keep_per_example: bool = False,
     skip_noops: bool = True,
+    baselines: Optional[Baselines] = None,
+    state_positions: Optional[Sequence[int]] = None,
 ) -> GridResult:
     """Patch every (component, layer, position) cell from the source run into the base run.
 
@@ -123,6 +141,9 @@ def activation_patching(
         skip_noops: cells whose source activation equals the base activation for every example
             (e.g. positions before the first token where clean and corrupted differ, in a causal
             model) cannot change anything: they get the base metric without a forward pass. Exact.
+        baselines: the unpatched runs (:class:`Baselines`) when already computed; else run here.
+        state_positions: patch the ``ssm_state`` component only at these positions (the others
+            stay NaN); None: at every position of ``positions``.
     Returns:
         :class:`GridResult` with ``values``/``effect`` ``[component, layer, pos]``.
     """
@@ -130,28 +151,25 @@ def activation_patching(
     check_metric(metric)
     check_direction(direction)
     if not isinstance(cells_per_pass, int) or cells_per_pass < 1:
-        raise ValueError(f"cells_per_pass must be a positive int, got {cells_per_pass!r}")
-    layers = _check_axis("layers", layers, n_layers(model))
-    positions = _check_axis("positions", positions, data.seq_len)
+        raise UserError(f"cells_per_pass must be a positive int, got {cells_per_pass!r}")
+    layers = check_axis("layers", layers, n_layers(model))
+    positions = check_axis("positions", positions, data.seq_len)
     n = data.n
-    base, source = base_and_source(data, direction)
-    clean_m = run_metric(model, data.clean_tokens, data, metric)
-    corr_m = run_metric(model, data.corrupted_tokens, data, metric)
-    clean_b, corr_b = float(clean_m.mean()), float(corr_m.mean())
-
-    # which hooks exist; cache the source activations of all of them
+    base, _ = base_and_source(data, direction)
     names = {(c, layer): hook_name(model, c, layer) for c in components for layer in layers}
     wanted = [nm for nm in names.values() if nm is not None]
-    with_states = any(nm.endswith("hook_ssm_state") for nm in wanted)
-    src = cache_source(model, source, wanted, with_states=with_states)
-    base_acts = cache_source(model, base, wanted, with_states=with_states) if skip_noops else None
-    base_m = corr_m if direction == "denoising" else clean_m
+    if baselines is None or not baselines.covers(wanted):
+        baselines = Baselines.run(model, data, wanted)
+    src, base_acts, base_out = baselines.source_and_base(direction)
+    clean_b, corr_b = baselines.clean.mean(metric), baselines.corrupted.mean(metric)
+    base_m = base_out.metric(metric)
 
     per_ex = torch.full((len(components), len(layers), len(positions), n), float("nan"))
     # passes: list of (component, [(layer, pos), ...], extra kwargs)
     passes = []
     for ci, c in enumerate(components):
-        cells = [(layer, p) for layer in layers for p in positions if names[(c, layer)] is not None]
+        cells = [(layer, p) for layer in layers for p in positions if names[(c, layer)] is not None
+                 and (c != "ssm_state" or state_positions is None or p in state_positions)]
         if skip_noops:
             live = []
             for layer, p in cells:
@@ -163,11 +181,21 @@ def activation_patching(
             cells = live
         if not cells:
             continue
-        for s in range(0, len(cells), cells_per_pass):
-            group = cells[s : s + cells_per_pass]
-            # state cells: the model emits the states at the group's positions only
-            kwargs = {"ssm_state_positions": sorted({p for _, p in group})} if c == "ssm_state" else {}
-            passes.append((ci, c, group, kwargs))
+        if c != "ssm_state":
+            for s in range(0, len(cells), cells_per_pass):
+                passes.append((ci, c, cells[s : s + cells_per_pass], {}))
+            continue
+        # state cells: the model emits the states at the group's positions for every replica, so a
+        # group's memory grows as cells x positions; cells sorted by position keep groups narrow
+        state_bytes = src[names[(c, layers[0])]][0, 0].numel() * 4 * n
+        group: list = []
+        for cell in sorted(cells, key=lambda lp: (lp[1], lp[0])):
+            wide = len({p for _, p in group} | {cell[1]})
+            if group and (len(group) == cells_per_pass or (len(group) + 1) * wide * state_bytes > STATE_BYTES):
+                passes.append((ci, c, group, {"ssm_state_positions": sorted({p for _, p in group})}))
+                group = []
+            group.append(cell)
+        passes.append((ci, c, group, {"ssm_state_positions": sorted({p for _, p in group})}))
 
     iterator = passes
     if progress:
@@ -194,7 +222,7 @@ def activation_patching(
                 )
             hooks.append((nm, _cell_patch_hook(s, rows, pos, src_rows, src_pos)))
         tokens = base.repeat(K, 1)
-        m = run_metric(model, tokens, data, metric, fwd_hooks=hooks, reps=K, **kwargs).view(K, n).cpu()
+        m = evaluate(model, tokens, data, hooks=hooks, reps=K, **kwargs).metric(metric).view(K, n)
         for k, (layer, p) in enumerate(group):
             per_ex[ci, layers.index(layer), positions.index(p)] = m[k]
 
@@ -214,6 +242,8 @@ def activation_patching(
         token_labels,
         model_name,
         per_ex if keep_per_example else None,
+        baselines.clean.metric(metric) if keep_per_example else None,
+        baselines.corrupted.metric(metric) if keep_per_example else None,
     )
 
 
@@ -231,16 +261,12 @@ def patch_one_cell(
     nm = hook_name(model, component, layer)
     if nm is None:
         return float("nan")
-    is_state = component == "ssm_state"
-    s = cache_source(model, source, [nm], with_states=is_state)[nm]
-
-    def hook(act, hook):
-        act = act.clone()
-        act[:, 0 if is_state else pos] = s[:, pos].to(act.dtype)
-        return act
-
-    kwargs = {"ssm_state_positions": [pos]} if is_state else {}
-    return float(run_metric(model, base, data, metric, fwd_hooks=[(nm, hook)], **kwargs).mean())
+    if component != "ssm_state":
+        return evaluate(model, base, data, [Patch((Site(component, layer, (int(pos),)),), source)]).mean(metric)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source, names_filter=[nm], ssm_state_positions=[pos])
+    hook = (nm, lambda act, hook: set_at(act, [0], cache[nm][:, :1]))
+    return evaluate(model, base, data, hooks=[hook], ssm_state_positions=[pos]).mean(metric)
 
 
 def patch_cells(
@@ -256,27 +282,14 @@ def patch_cells(
     ``ssm_state`` cells are not allowed here (use :func:`activation_patching`)."""
     check_metric(metric)
     base, source = base_and_source(data, direction)
-    by_name = defaultdict(list)
+    sites = []
     for c, layer, pos in cells:
         check_components([c])
         if c == "ssm_state":
-            raise ValueError(
+            raise UserError(
                 "patch_cells does not patch ssm_state (states re-run the scan); use activation_patching"
             )
-        nm = hook_name(model, c, layer)
-        if nm is None:
-            raise ValueError(f"model has no component {c!r} at layer {layer}")
-        by_name[nm].append(slice(None) if pos == "all" else int(pos))
-    src = cache_source(model, source, list(by_name), with_states=False)
-
-    def make(nm, idx):
-        def hook(act, hook):
-            act = act.clone()
-            for p in idx:
-                act[:, p] = src[nm][:, p].to(act.dtype)
-            return act
-
-        return hook
-
-    hooks = [(nm, make(nm, idx)) for nm, idx in by_name.items()]
-    return float(run_metric(model, base, data, metric, fwd_hooks=hooks).mean())
+        if hook_name(model, c, layer) is None:
+            raise UserError(f"model has no component {c!r} at layer {layer}")
+        sites.append(Site(c, layer, None if pos == "all" else (int(pos),)))
+    return evaluate(model, base, data, [Patch(tuple(sites), source)]).mean(metric)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from achilles_interp.errors import UserError
 from achilles_interp.outputs import save_figure  # noqa: E402
 
 FORMATS = ("png", "svg")
@@ -24,76 +25,76 @@ def save(fig, stem, formats: Sequence[str] = FORMATS) -> List[Path]:
     return paths
 
 
+def relevant_positions(results: Dict[str, "GridResult"], threshold: float = 0.01) -> List[int]:  # noqa: F821
+    """Positions where some model's |normalised effect| reaches ``threshold`` in some cell (the
+    rest are empty columns), in order; all positions if none does."""
+    first = next(iter(results.values()))
+    keep = set()
+    for r in results.values():
+        e = r.effect.nan_to_num(0.0).abs()  # [C, layers, P]
+        keep |= {r.positions[i] for i in (e.amax(dim=(0, 1)) >= threshold).nonzero().flatten().tolist()}
+    return [p for p in first.positions if p in keep] or list(first.positions)
+
+
 def patching_heatmaps(
     results: Dict[str, "GridResult"],  # noqa: F821
     stem,
-    normalised: bool = True,
     components: Optional[Sequence[str]] = None,
+    title: str = "",
 ) -> List[Path]:
-    """One row per component, one column per model: heatmap of the (normalised) effect over
-    layer (y) x position (x), tokens of the first example as x tick labels. Components a model
-    lacks are shown empty. Diverging colour map centred on 0, shared scale per row."""
+    """One row per component, one column per model: heatmap of the normalised effect (1 = the
+    whole clean-vs-corrupted gap) over layer (y) x position (x). Every panel shares one colour
+    scale, -1..1 (clipped), so a row whose effects are 100x smaller looks 100x fainter; only the
+    positions where some effect reaches 0.01 are shown, labelled ``position:token`` of example 0."""
     if not results:
-        raise ValueError("patching_heatmaps needs at least one result")
+        raise UserError("patching_heatmaps needs at least one result")
     names = list(results)
-    comps = (
-        list(components)
-        if components
-        else list(dict.fromkeys(c for r in results.values() for c in r.components))
-    )
-    fig, axes = plt.subplots(
-        len(comps), len(names), figsize=(4.2 * len(names) + 1, 1.4 + 1.1 * len(comps)), squeeze=False
-    )
+    comps = list(components) if components else list(dict.fromkeys(c for r in results.values() for c in r.components))
     first = results[names[0]]
+    keep = relevant_positions(results)
+    cols = [first.positions.index(p) for p in keep]
+    width = max(3.0, 0.32 * len(keep) + 1.2)
+    fig, axes = plt.subplots(len(comps), len(names), figsize=(width * len(names) + 1.2, 0.6 + 0.75 * len(comps)
+                                                              * max(1, len(first.layers)) ** 0.5),
+                             squeeze=False)
+    im = None
     for row, c in enumerate(comps):
-        vals = [r.effect if normalised else r.values for r in results.values()]
-        finite = [v[r.components.index(c)] for v, r in zip(vals, results.values()) if c in r.components]
-        finite = [f[torch.isfinite(f)] for f in finite]
-        vmax = max([float(f.abs().max()) for f in finite if f.numel()] + [1e-6])
         for col, name in enumerate(names):
             ax = axes[row, col]
             r = results[name]
             if c in r.components:
-                data = (r.effect if normalised else r.values)[r.components.index(c)].numpy()
+                data = r.effect[r.components.index(c)][:, cols].clamp(-1, 1).numpy()
             else:
-                data = torch.full((len(r.layers), len(r.positions)), float("nan")).numpy()
-            if not torch.isfinite(torch.as_tensor(data)).any():
-                ax.text(
-                    0.5,
-                    0.5,
-                    f"no {c} in this model",
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="0.4",
-                )
-            im = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+                data = torch.full((len(r.layers), len(cols)), float("nan")).numpy()
+                ax.text(0.5, 0.5, f"no {c} in this model", transform=ax.transAxes, ha="center", va="center",
+                        fontsize=8, color="0.4")
+            im = ax.imshow(data, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
             ax.set_yticks(range(len(r.layers)))
-            ax.set_yticklabels([str(x) for x in r.layers], fontsize=7)
-            ax.set_ylabel(f"{c}\nlayer" if col == 0 else "layer", fontsize=8)
+            ax.set_yticklabels([f"L{x}" for x in r.layers], fontsize=8)
+            if col == 0:
+                ax.set_ylabel(c, fontsize=9, rotation=0, ha="right", va="center")
             labels = r.token_labels or [str(p) for p in r.positions]
-            ax.set_xticks(range(len(r.positions)))
-            ax.set_xticklabels(labels, rotation=90, fontsize=6)
+            ax.set_xticks(range(len(cols)))
+            ax.set_xticklabels([labels[i] for i in cols] if row == len(comps) - 1 else [], rotation=90, fontsize=8)
             if row == 0:
                 ax.set_title(name, fontsize=9)
-            if row == len(comps) - 1:
-                ax.set_xlabel("position (token of example 0)", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    what = "normalised effect (1 = whole gap)" if normalised else f"{first.metric} after patching"
-    fig.suptitle(f"{first.method} patching ({first.direction}, {first.metric}): {what}", fontsize=10)
+    fig.subplots_adjust(right=0.9)
+    cax = fig.add_axes([0.92, 0.15, 0.012, 0.7])
+    fig.colorbar(im, cax=cax).set_label("normalised effect (1 = whole gap)", fontsize=8)
+    fig.suptitle(title or f"{first.method} patching ({first.direction}, {first.metric})", fontsize=10)
     return save(fig, stem)
 
 
 def fusion_figure(
-    reports: Dict[str, dict], stem, token_labels: Optional[Sequence[str]] = None, last: int = 8
+    reports: Dict[str, dict], stem, token_labels: Optional[Sequence[str]] = None, last: int = 8,
+    ablation: Optional[Dict[str, Dict[str, float]]] = None,
 ) -> List[Path]:
     """Influence matrices (the last ``last`` positions, where the query sits): one row per model,
     one column per (component, layer), titled with the asymmetry index; a last column with a bar
-    chart of that model's indices."""
+    chart of that model's indices by both measures (Jacobian and, from ``ablation`` =
+    ``{model: {"component@Llayer": index}}``, ablation), with a legend."""
     if not reports:
-        raise ValueError("fusion_figure needs at least one report")
+        raise UserError("fusion_figure needs at least one report")
     models = list(reports)
     ncols = max(len(r["matrices"]) for r in reports.values()) + 1
     fig, axes = plt.subplots(len(models), ncols, figsize=(2.5 * ncols, 2.7 * len(models)), squeeze=False)
@@ -121,14 +122,19 @@ def fusion_figure(
             ax.set_title(f"{key[0]} L{key[1]}  asym={rep['asymmetry'][key]:+.2f}", fontsize=7)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
         ax = axes[row, -1]
-        vals = [rep["asymmetry"][k] for k in keys]
-        ax.barh(range(len(vals)), vals, color=["tab:red" if v > 0 else "tab:blue" for v in vals])
-        ax.set_yticks(range(len(vals)))
-        ax.set_yticklabels([f"{k[0]} L{k[1]}" for k in keys], fontsize=6)
+        y = torch.arange(len(keys)).float()
+        jac = [rep["asymmetry"][k] for k in keys]
+        ax.barh(y - 0.2, jac, height=0.4, color="tab:red", label="Jacobian")
+        if ablation and m in ablation:
+            abl = [ablation[m].get(f"{k[0]}@L{k[1]}", float("nan")) for k in keys]
+            ax.barh(y + 0.2, abl, height=0.4, color="tab:blue", label="ablation")
+        ax.set_yticks(range(len(keys)))
+        ax.set_yticklabels([f"{k[0]} L{k[1]}" for k in keys], fontsize=7)
         ax.axvline(0, color="k", lw=0.5)
         ax.set_xlim(-1, 1)
-        ax.set_xlabel("asymmetry index", fontsize=6)
-        ax.set_title(f"{m}: left neighbour (+) vs mirrored partner (-)", fontsize=6)
+        ax.set_xlabel("asymmetry index (+1: left neighbour only, -1: mirrored partner only)", fontsize=6)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.set_title(f"{m}: asymmetry", fontsize=7)
     method = next(iter(reports.values()))["method"]
     fig.suptitle(
         f"token fusion: {method} influence ||d act_i / d emb_j|| (last {last} positions)", fontsize=9
@@ -140,9 +146,14 @@ def fusion_figure(
 def attention_figure(
     maps: Dict[str, torch.Tensor], stem, token_labels: Optional[Sequence[str]] = None
 ) -> List[Path]:
-    """Side-by-side ``[L, L]`` maps (e.g. Mamba effective attention, S = C Bᵀ, Transformer pattern)."""
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.4), squeeze=False)
-    for ax, (name, M) in zip(axes[0], maps.items()):
+    """``[L, L]`` maps (e.g. Mamba effective attention, S = C Bᵀ, Transformer pattern), at most three
+    per row."""
+    ncols = min(3, len(maps))
+    nrows = (len(maps) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(maps):]:
+        ax.axis("off")
+    for ax, (name, M) in zip(axes.flat, maps.items()):
         im = ax.imshow(M.float().numpy(), cmap="magma", interpolation="nearest")
         if token_labels:
             ax.set_xticks(range(len(token_labels)))

@@ -1,78 +1,29 @@
-"""Run the whole attribution study on a set of models and write every number and figure.
+"""Write a finished study to disk: CSV / JSON of every number, figures (PNG + SVG) and the markdown
+page. Nothing here computes an analysis: everything is read from the
+:class:`~analyses.study.StudyResult` and the :class:`~analyses.explanation.Explanation`.
 
-:func:`run_report` is what ``achilles-interp patch`` calls: activation patching (denoising) and
-attribution patching on the (component x layer x position) grid, their agreement, the fusion
-asymmetry, the conv/SSM/gate verdict for each Mamba model, heatmaps, CSV/JSON of every number and a
-markdown page (``docs/attribution.md`` when ``out`` is ``docs/attribution_assets``) that embeds the
-figures and quotes the numbers from this run.
+``write_study(study, explanation, out)`` writes into ``out/`` and the page beside it
+(``docs/attribution_assets`` -> ``docs/attribution.md``; any other folder -> ``out/report.md``).
+Figures average the seeds of one (task, variant): models are grouped by :func:`group_key`.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import re
+import statistics
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 
 from achilles_interp.outputs import atomic_write, write_json, write_text
 
-from .attribution import agreement, attribution_patching
-from .components import DEFAULT_COMPONENTS, is_mamba
-from .fusion import fusion_report
-from .metrics import PatchingData
-from .patching import activation_patching
+from .explanation import EXPLANATIONS, Explanation
 from .plots import attention_figure, fusion_figure, patching_heatmaps
-from .verdict import verdict
-
-
-def token_labels(tokens: torch.Tensor) -> list:
-    """``"pos:id"`` for each position of one example ``[L]``."""
-    return [f"{p}:{int(t)}" for p, t in enumerate(tokens.tolist())]
-
-
-def attention_map(model, tokens: torch.Tensor):
-    """``[L, L]`` layer-0 map of one example: the Mamba effective attention (mean |M| over channels
-    or heads) or the Transformer's attention pattern (mean over heads); None if neither applies."""
-    from .effective_attention import effective_attention, transformer_attention
-
-    try:
-        if is_mamba(model):
-            return effective_attention(model, tokens, 0).abs().mean(1)[0].float().cpu()
-        return transformer_attention(model, tokens, 0).mean(1)[0].float().cpu()
-    except ValueError:
-        return None
-
-
-def mamba_extras(model, task, data: PatchingData, n: int, seed: int) -> dict:
-    """Path ablations and the paper's interventions for one Mamba model (JSON-ready)."""
-    from .ablations import ablation_table
-    from .interventions import all_ones_accuracy, blocking, conv_tap_cosine, substitution
-
-    batch = task.generate(n, seed=seed, split="test")
-    label_tokens = getattr(task, "label_tokens", None)
-    diff = (data.clean_tokens != data.corrupted_tokens).any(0).nonzero().flatten().tolist()
-    first_diff = min(diff) if diff else data.seq_len
-    sources = list(range(first_diff))  # everything before the query: keys, separators, fillers
-    extras = {
-        "ablations": ablation_table(model, data).to_dict("records"),
-        "blocking_all_context_before_query": blocking(
-            model, batch.tokens, batch.answer_pos, sources, labels=batch.labels, label_tokens=label_tokens
-        )
-        if sources
-        else None,
-    }
-    if diff:
-        # the paper's substitution: the query tokens' post-conv states taken from the corrupted input
-        extras["substitution_query_from_corrupted"] = substitution(
-            model, data.clean_tokens, data.corrupted_tokens, data.answer_pos, diff, label_tokens=label_tokens
-        )
-    if all(b.mixer.conv1d is not None for b in model.blocks):
-        extras["all_ones_conv"] = all_ones_accuracy(
-            model, batch.tokens, batch.answer_pos, batch.labels, label_tokens=label_tokens
-        )
-        extras["conv_tap_cosine"] = conv_tap_cosine(model)[0].tolist()
-    return extras
+from .results import GridResult
+from .study import ModelStudy, StudyResult
+from .verdict import PATHS, combine
 
 
 def markdown_path(out: Path) -> Path:
@@ -83,259 +34,248 @@ def markdown_path(out: Path) -> Path:
     return out / "report.md"
 
 
-def run_report(
-    models: Dict[str, torch.nn.Module],
-    task,
-    out,
-    n: int = 32,
-    seed: int = 0,
-    components: Sequence[str] = tuple(DEFAULT_COMPONENTS),
-    metric: str = "logit_diff",
-    fusion_examples: int = 2,
-    fusion_probes: int = 4,
-    progress: bool = True,
-    sources: Optional[Dict[str, str]] = None,
-) -> dict:
-    """Run every analysis on ``models`` (name -> model) and write the outputs under ``out``.
+def file_stem(name: str) -> str:
+    """A model name as a file-name part: ``inverse-matching/mamba-mamba2/seed0`` ->
+    ``inverse-matching__mamba-mamba2__seed0``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_")
 
-    Returns the summary dict (also written to ``out/summary.json``).
-    """
-    if not models:
-        raise ValueError("run_report needs at least one model")
-    out = Path(out)
-    t0 = time.time()
-    data = PatchingData.from_task(task, n, seed=seed, split="test")
-    labels = token_labels(data.clean_tokens[0])
-    act, attr, fusion, verdicts, summary_models, attention_maps = {}, {}, {}, {}, {}, {}
-    for name, model in models.items():
-        model.eval()
-        t = time.time()
-        a = activation_patching(
-            model, data, components, metric=metric, progress=progress, token_labels=labels, model_name=name
-        )
-        b = attribution_patching(model, data, components, metric=metric, token_labels=labels, model_name=name)
-        act[name], attr[name] = a, b
-        a.to_csv(out / f"activation_patching_{name}.csv")
-        a.to_json(out / f"activation_patching_{name}.json")
-        b.to_csv(out / f"attribution_patching_{name}.csv")
-        b.to_json(out / f"attribution_patching_{name}.json")
-        fcomps = ("conv_out", "ssm_out", "resid_post") if is_mamba(model) else ("attn_out", "resid_post")
-        fusion[name] = (
-            fusion_report(
-                model,
-                data.clean_tokens[:fusion_examples],
-                components=fcomps,
-                method="jacobian",
-                n_probes=fusion_probes,
-            )
-            if fusion_examples
-            else None
-        )
-        entry = {
-            "source": (sources or {}).get(name, "in-memory model"),
-            "clean_baseline": a.clean_baseline,
-            "corrupted_baseline": a.corrupted_baseline,
-            "agreement_spearman": agreement(a, b, per_component=True),
-            "fusion_asymmetry": {f"{c}@L{layer}": v for (c, layer), v in fusion[name]["asymmetry"].items()}
-            if fusion[name]
-            else {},
-            # ablation influence ||act_i(emb_j := 0) - act_i|| on the whole batch: cheap, exact
-            "fusion_asymmetry_ablation": {
-                f"{c}@L{layer}": v
-                for (c, layer), v in fusion_report(
-                    model, data.clean_tokens, components=fcomps, method="ablation"
-                )["asymmetry"].items()
-            },
-            "seconds": None,
-        }
-        if is_mamba(model):
-            v = verdict([model], data=data, metric=metric, names=[name])
-            verdicts[name] = v
-            entry["verdict"] = v.to_dict()
-            entry.update(mamba_extras(model, task, data, n, seed))
-        attention_maps[name] = attention_map(model, data.clean_tokens[:1])
-        entry["seconds"] = round(time.time() - t, 2)
-        summary_models[name] = entry
 
-    paths = []
-    paths += patching_heatmaps(act, out / "activation_patching")
-    paths += patching_heatmaps(attr, out / "attribution_patching")
-    maps = {}
-    for k, v in attention_maps.items():
-        if v is None:
-            continue
-        if is_mamba(models[k]):
-            from .effective_attention import layer_ssm_attention_score
+def group_key(m: ModelStudy) -> str:
+    """``task: variant`` (the seeds of one cell of the grid share it)."""
+    return f"{m.task}: {m.variant}"
 
-            maps[f"{k}: mean |M| (effective attention), L0"] = v
-            S = layer_ssm_attention_score(models[k], data.clean_tokens[:1], 0)
-            maps[f"{k}: |S| = |Mask∘(C Bᵀ)|, L0"] = (S.abs().mean(1) if S.dim() == 4 else S.abs())[0].float()
-        else:
-            maps[f"{k}: attention pattern, L0"] = v
-    if maps:
-        paths += attention_figure(maps, out / "attention", token_labels=labels)
-    if any(f for f in fusion.values()):
-        paths += fusion_figure({k: v for k, v in fusion.items() if v}, out / "fusion", token_labels=labels)
-        write_json(
-            out / "fusion.json",
-            {
-                name: {
-                    "method": f["method"],
-                    "spans": f["spans"],
-                    "asymmetry": {f"{c}@L{layer}": v for (c, layer), v in f["asymmetry"].items()},
-                    "matrices": {f"{c}@L{layer}": m.tolist() for (c, layer), m in f["matrices"].items()},
-                }
-                for name, f in fusion.items()
-                if f
-            },
-        )
-    import pandas as pd
 
-    df = pd.concat([r.to_dataframe() for r in list(act.values()) + list(attr.values())], ignore_index=True)
-    atomic_write(out / "all_cells.csv", lambda f: df.to_csv(f, index=False))
-    diff_positions = (data.clean_tokens != data.corrupted_tokens).any(0).nonzero().flatten().tolist()
-    summary = {
-        "task": repr(task),
-        "n": n,
-        "seed": seed,
-        "metric": metric,
-        "direction": "denoising",
-        "components": list(components),
-        "diff_positions": diff_positions,
-        "models": summary_models,
-        "seconds_total": round(time.time() - t0, 2),
-    }
-    write_json(out / "summary.json", summary)
-    write_text(markdown_path(out), render_markdown(summary, out, markdown_path(out)))
-    summary["files"] = [str(p) for p in paths]
-    return summary
+def groups(study: StudyResult) -> Dict[str, List[ModelStudy]]:
+    out: Dict[str, List[ModelStudy]] = {}
+    for m in study.models.values():
+        out.setdefault(group_key(m), []).append(m)
+    return out
+
+
+def mean_grid(grids: List[GridResult], name: str) -> GridResult:
+    """The effects of several models' grids averaged cell by cell (for the figures)."""
+    g = grids[0]
+    eff = torch.stack([x.effect for x in grids]).mean(0)
+    val = torch.stack([x.values for x in grids]).mean(0)
+    cb = statistics.fmean(x.clean_baseline for x in grids)
+    kb = statistics.fmean(x.corrupted_baseline for x in grids)
+    return GridResult(val, eff, g.components, g.layers, g.positions, g.metric, g.direction, g.method, cb, kb,
+                      g.token_labels, name)
+
+
+def _ms(values: List[float], digits: int = 2) -> str:
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
 
 
 def _rel(target: Path, md: Path) -> str:
-    import os
-
     return os.path.relpath(target, md.parent).replace(os.sep, "/")
 
 
-def render_markdown(summary: dict, out: Path, md: Path) -> str:
-    """The report page; every number is read from ``summary`` (this run), never typed in."""
-    lines = [
-        "# Attribution: is the conv, the scan or the gate to blame?",
-        "",
-        "_Generated by `achilles-interp patch --out "
-        + str(out)
-        + "`; do not edit by hand: rerun the command._",
-        "",
-        f"Task: `{summary['task']}`, {summary['n']} clean/corrupted pairs (seed {summary['seed']}, split "
-        f"`test`), metric `{summary['metric']}` (logit of the clean label minus the corrupted label at the "
-        "answer position), denoising patching (clean activation into the corrupted run; effect 1 = the "
-        "whole clean-vs-corrupted gap is restored).",
-        "",
-        "## Verdict",
-        "",
-        f"The clean and corrupted inputs differ only at positions {summary.get('diff_positions')}: "
-        "the verdict "
-        "says which path carries *that* difference into the answer position (tokens identical in both runs, "
-        "e.g. the keys, are not what is being measured).",
-        "",
-    ]
-    any_verdict = False
-    for name, m in summary["models"].items():
-        if "verdict" in m:
-            any_verdict = True
-            lines.append(f"- **{name}**: {m['verdict']['sentence']}")
-    if not any_verdict:
-        lines.append("- no Mamba model in this run.")
-    lines += [
-        "",
-        "Definition: "
-        + " ".join(next(iter(summary["models"].values())).get("verdict", {}).get("definition", "").split()),
-        "",
-    ]
-    lines += [
-        "## Baselines and agreement",
-        "",
-        "| model | clean | corrupted | Spearman(activation, attribution) | seconds |",
-        "|---|---|---|---|---|",
-    ]
-    for name, m in summary["models"].items():
-        lines.append(
-            f"| {name} | {m['clean_baseline']:.3f} | {m['corrupted_baseline']:.3f} | "
-            f"{m['agreement_spearman']['all']:.3f} | {m['seconds']} |"
-        )
-    lines += [
-        "",
-        "## Activation patching",
-        "",
-        f"![activation patching]({_rel(out / 'activation_patching.png', md)})",
-        "",
-        "## Attribution patching (gradient x activation difference)",
-        "",
-        f"![attribution patching]({_rel(out / 'attribution_patching.png', md)})",
-        "",
-    ]
-    if (out / "fusion.png").exists() or any(m["fusion_asymmetry"] for m in summary["models"].values()):
-        lines += [
-            "## Token-fusion asymmetry",
-            "",
-            "Asymmetry index = (I[i, i-1] - I[i, s]) / (I[i, i-1] + I[i, s]) for each key/query span "
-            "s..i: +1 = the last token fuses only its left neighbour, 0 = it weighs its mirrored partner "
-            "equally (see `analyses/fusion.py`).",
-            "",
-            f"![fusion]({_rel(out / 'fusion.png', md)})",
-            "",
-            "| model | cell | asymmetry (Jacobian) | asymmetry (ablation) |",
-            "|---|---|---|---|",
-        ]
-        for name, m in summary["models"].items():
-            for cell, v in m["fusion_asymmetry"].items():
-                abl = m.get("fusion_asymmetry_ablation", {}).get(cell, float("nan"))
-                lines.append(f"| {name} | {cell} | {v:+.3f} | {abl:+.3f} |")
+def summary_dict(study: StudyResult, explanation: Optional[Explanation]) -> dict:
+    """Every number of the study, JSON-ready (what ``summary.json`` holds)."""
+    models = {}
+    for name, m in study.models.items():
+        models[name] = {
+            "source": m.source, "task": m.task, "variant": m.variant, "accuracy": m.accuracy, "role": m.role,
+            "seconds": m.seconds,
+            "pairs": {c: {"change": p.description, "diff_positions": p.diff_positions,
+                          "clean_baseline": p.activation.clean_baseline,
+                          "corrupted_baseline": p.activation.corrupted_baseline,
+                          "agreement_spearman": p.agreement,
+                          "path_shares": p.shares.to_dict() if p.shares else None} for c, p in m.pairs.items()},
+            "fusion_asymmetry": ({f"{c}@L{layer}": v for (c, layer), v in m.fusion["asymmetry"].items()}
+                                 if m.fusion else {}),
+            "fusion_asymmetry_ablation": m.fusion_ablation,
+            "interventions": [r.to_dict() for r in m.interventions],
+            "conv_tap_cosine": m.conv_tap_cosine,
+            "probes": [p.to_dict() for p in m.probes],
+        }
+    return {"config": study.config.__dict__ | {"components": list(study.config.components)},
+            "tasks": study.tasks, "models": models, "seconds_total": study.seconds,
+            "explanation": explanation.to_dict() if explanation else None}
+
+
+def write_study(study: StudyResult, explanation: Optional[Explanation], out, command: str = "") -> dict:
+    """Write every file of the study into ``out`` and the markdown page; returns the summary."""
+    out = Path(out)
+    md = markdown_path(out)
+    import pandas as pd
+
+    frames = []
+    for name, m in study.models.items():
+        for change, p in m.pairs.items():
+            for grid in (p.activation, p.attribution):
+                stem = out / f"{grid.method}_patching_{file_stem(name)}_{change}"
+                grid.to_csv(f"{stem}.csv")
+                grid.to_json(f"{stem}.json")
+                df = grid.to_dataframe()
+                df.insert(1, "pairs", change)
+                frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    atomic_write(out / "all_cells.csv", lambda f: df.to_csv(f, index=False))
+    grouped = groups(study)
+    changes = list(dict.fromkeys(c for m in study.models.values() for c in m.pairs))
+    figures = {}
+    for change in changes:
+        for method in ("activation", "attribution"):
+            grids = {k: mean_grid([getattr(m.pairs[change], method) for m in ms], k)
+                     for k, ms in grouped.items() if all(change in m.pairs for m in ms)}
+            if grids:
+                stem = out / f"{method}_patching_{change}"
+                patching_heatmaps(grids, stem, title=f"{method} patching, {change} pairs: normalised effect "
+                                  "(mean over seeds)")
+                figures[(method, change)] = stem.with_suffix(".png")
+    firsts = {k: ms[0] for k, ms in grouped.items()}
+    fus = {k: m.fusion for k, m in firsts.items() if m.fusion}
+    if fus:
+        labels = next(iter(study.token_labels.values()))
+        fusion_figure(fus, out / "fusion", token_labels=labels,
+                      ablation={k: firsts[k].fusion_ablation for k in fus})
+        figures["fusion"] = out / "fusion.png"
+        write_json(out / "fusion.json", {
+            k: {"method": f["method"], "spans": f["spans"],
+                "asymmetry": {f"{c}@L{layer}": v for (c, layer), v in f["asymmetry"].items()},
+                "matrices": {f"{c}@L{layer}": mat.tolist() for (c, layer), mat in f["matrices"].items()}}
+            for k, f in fus.items()})
+    maps = {}
+    for k, m in firsts.items():
+        if m.attention is not None:
+            maps[f"{k}\n{'mean |M| (effective attention)' if m.is_mamba else 'attention pattern'}, L0"] = m.attention
+        if m.ssm_score is not None:
+            maps[f"{k}\n|S| = |Mask∘(C Bᵀ)|, L0"] = m.ssm_score
+    if maps:
+        attention_figure(maps, out / "attention", token_labels=next(iter(study.token_labels.values())))
+        figures["attention"] = out / "attention.png"
+    summary = summary_dict(study, explanation)
+    write_json(out / "summary.json", summary)
+    write_text(md, render_markdown(study, explanation, out, md, figures, command))
+    return summary
+
+
+def render_markdown(study: StudyResult, explanation: Optional[Explanation], out: Path, md: Path,
+                    figures: dict, command: str) -> str:
+    """The page; every number is read from the study."""
+    cfg = study.config
+    grouped = groups(study)
+    lines = ["# Attribution: what makes Mamba fail inverse sequence matching?", "",
+             f"_Generated by `{command or 'achilles-interp patch'}`; do not edit by hand: rerun the command._", "",
+             f"{cfg.n} clean/corrupted pairs of each kind per model (seed {cfg.seed}, split `test`), metric "
+             f"`{cfg.metric}` (logit of the clean answer minus the corrupted one), denoising patching (the clean "
+             "activation put into the corrupted run; effect 1 = the whole clean-vs-corrupted gap restored). "
+             "Where a (task, variant) has several seeds, numbers are mean ± std over them.", ""]
+    if explanation is not None:
+        lines += ["## Verdict", "", explanation.sentence, "",
+                  "| evidence | from | measured | holds | counts (for + / against -) |", "|---|---|---|---|---|"]
+        for e in explanation.evidence:
+            counts = ", ".join(f"{EXPLANATIONS[k]} {v:+d}" for k, v in (e.counts if e.holds is not False
+                                                                      else e.if_false).items()) or "not counted"
+            held = {True: "yes", False: "no", None: "not measured"}[e.holds]
+            lines.append(f"| {e.text} | {e.source} | {e.measured} | {held} | {counts} |")
+        lines += ["", "Thresholds and the rule are in `analyses/explanation.py`: a model *fails* at test "
+                  "accuracy <= 0.35 and *solves* at >= 0.9 (chance 0.2); the verdict is the explanation with "
+                  "the largest positive net count.", ""]
+    lines += ["## Models", "", "| task: variant | seeds | test accuracy | role | best slot probe | "
+              "best position probe | seconds |", "|---|---|---|---|---|---|---|"]
+    for k, ms in grouped.items():
+        roles = ", ".join(sorted({m.role for m in ms}))
+        lines.append(f"| {k} | {len(ms)} | {_ms([m.accuracy for m in ms], 3)} | {roles} | "
+                     f"{_ms([m.best_probe('slot') for m in ms])} | {_ms([m.best_probe('position') for m in ms])} | "
+                     f"{_ms([m.seconds for m in ms], 0)} |")
+    lines += ["", "Models: " + "; ".join(f"`{n}` ({m.source})" for n, m in study.models.items()), ""]
+    changes = list(dict.fromkeys(c for m in study.models.values() for c in m.pairs))
+    lines += ["## Which path carries the change", "",
+              "Share of the restorable effect through the conv path (u_i), the scan (h_{i-1}) and the gate (z_i) "
+              "of the answer position i, and the clean-minus-corrupted gap of the metric (how much the answer "
+              "depends on the change at all). The query sits inside the conv window of the answer, so the "
+              "conv can carry a query change without the scan; a key swap happens far before it, so only the "
+              "scan can carry it.", "",
+              "| task: variant | pairs | gap (clean - corrupted) | conv | scan | gate |", "|---|---|---|---|---|---|"]
+    for k, ms in grouped.items():
+        for change in changes:
+            if not all(change in m.pairs for m in ms):
+                continue
+            gaps = [m.pairs[change].gap for m in ms]
+            sh = [m.pairs[change].shares for m in ms if m.pairs[change].shares is not None]
+            c = combine(sh) if sh else None
+            cells = [f"{100 * c.share[p]:.0f}%" + ("" if c.std[p] != c.std[p] else f" ± {100 * c.std[p]:.0f}")
+                     if c and c.share[p] == c.share[p] else "-" for p in PATHS] if c else ["-"] * 3
+            lines.append(f"| {k} | {change} | {_ms(gaps)} | " + " | ".join(cells) + " |")
+    lines += ["", "Definition: " + (next((m.pairs[c].shares.to_dict()["definition"] for m in study.models.values()
+                                          for c in m.pairs if m.pairs[c].shares), "")), ""]
+    for change in changes:
+        desc = next(m.pairs[change].description for m in study.models.values() if change in m.pairs)
+        lines += [f"### Patching, {change} pairs ({desc})", ""]
+        for method in ("activation", "attribution"):
+            if (method, change) in figures:
+                lines += [f"![{method} patching, {change} pairs]({_rel(figures[(method, change)], md)})", ""]
+        rho = [m.pairs[change].agreement["all"] for m in study.models.values() if change in m.pairs]
+        lines += [f"Spearman rank agreement of activation and attribution patching over all cells: {_ms(rho)}.", ""]
+    probe_models = [m for m in study.models.values() if m.probes]
+    if probe_models:
+        streams = list(dict.fromkeys(p.stream for m in probe_models for p in m.probes))
+        lines += ["## Position information in the residual stream", "",
+                  "Held-out accuracy of a linear probe decoding, from each residual stream, a token's key slot "
+                  "(1..5, at the 15 key tokens; chance 0.2) and its absolute position (every position; chance "
+                  "1/L); in brackets the control task's accuracy (a random map from the token id to the "
+                  "classes: what token identity alone gives). Whole examples are held out.", "",
+                  "| task: variant | target | " + " | ".join(streams) + " |", "|---|---|" + "---|" * len(streams)]
+        for k, ms in grouped.items():
+            ms = [m for m in ms if m.probes]
+            for target in ("slot", "position"):
+                if not ms:
+                    continue
+                row = []
+                for s in streams:
+                    acc = [p.accuracy for m in ms for p in m.probes if p.stream == s and p.target == target]
+                    ctl = [p.control for m in ms for p in m.probes if p.stream == s and p.target == target]
+                    row.append(f"{_ms(acc)} ({_ms(ctl)})" if acc else "-")
+                lines.append(f"| {k} | {target} | " + " | ".join(row) + " |")
         lines.append("")
-    lines += [
-        "## Effective attention",
-        "",
-        "Layer 0 of the first example: mean |M[c, i, j]| over channels (heads) of the Mamba models' "
-        "effective attention (the scan unrolled, `analyses/effective_attention.py`), the paper's SSM "
-        "attention score |S| = |Mask∘(C Bᵀ)|, and the Transformer's attention pattern.",
-        "",
-        f"![attention]({_rel(out / 'attention.png', md)})",
-        "",
-    ]
-    ab = [(name, m) for name, m in summary["models"].items() if "ablations" in m]
-    if ab:
-        lines += [
-            "## Path ablations and the paper's interventions (clean batch)",
-            "",
-            "| model | ablation | logit_diff | accuracy |",
-            "|---|---|---|---|",
-        ]
-        for name, m in ab:
-            for row in m["ablations"]:
-                lines.append(
-                    f"| {name} | {row['ablation']} | {row['logit_diff']:.3f} | {row['accuracy']:.3f} |"
-                )
-        lines += [
-            "",
-            "| model | blocking context: agreement with unblocked | substituting the query's post-conv "
-            "states: follows the other input | accuracy (all-ones conv) | accuracy |",
-            "|---|---|---|---|---|",
-        ]
-        for name, m in ab:
-            blk = m.get("blocking_all_context_before_query") or {}
-            ones = m.get("all_ones_conv") or {}
-            fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-            sub = m.get("substitution_query_from_corrupted") or {}
-            lines.append(
-                f"| {name} | {fmt(blk.get('agreement'))} | {fmt(sub.get('follows_other'))} "
-                f"| {fmt(ones.get('accuracy_all_ones_conv'))} | {fmt(ones.get('accuracy'))} |"
-            )
+    iv = [(k, ms) for k, ms in grouped.items() if any(m.interventions for m in ms)]
+    if iv:
+        lines += ["## Ablations and the paper's interventions (clean batch of the first kind of pairs)", "",
+                  "Accuracy and logit difference with each intervention, the fraction of predictions it leaves "
+                  "unchanged (agreement) and, for the substitution, the fraction that follows the other input.",
+                  "", "| task: variant | intervention | accuracy | logit_diff | agreement | follows other |",
+                  "|---|---|---|---|---|---|"]
+        for k, ms in iv:
+            labels = list(dict.fromkeys(r.label for m in ms for r in m.interventions))
+            for label in labels:
+                rows = [r for m in ms for r in m.interventions if r.label == label]
+                fol = [r.follows_other for r in rows if r.follows_other is not None]
+                lines.append(f"| {k} | {label} | {_ms([r.accuracy for r in rows], 3)} | "
+                             f"{_ms([r.logit_diff for r in rows])} | {_ms([r.agreement for r in rows])} | "
+                             f"{_ms(fol) if fol else '-'} |")
+        taps = [(k, ms) for k, ms in grouped.items() if any(m.conv_tap_cosine for m in ms)]
+        if taps:
+            lines += ["", "Largest |cosine| between two different taps of the conv kernel (over channels; the "
+                      "paper reports <= 0.35, 'nearly orthogonal'): " + "; ".join(
+                          f"{k} {_ms([_max_offdiag(m.conv_tap_cosine) for m in ms if m.conv_tap_cosine])}"
+                          for k, ms in taps)]
         lines.append("")
-    lines += [
-        "## Files",
-        "",
-        "Every number above is in `summary.json`; every cell in `all_cells.csv` and the "
-        "per-model `activation_patching_*.csv/json`, `attribution_patching_*.csv/json`.",
-        "",
-    ]
+    if "fusion" in figures:
+        lines += ["## Token-fusion asymmetry", "",
+                  "Asymmetry index = (I[i, i-1] - I[i, s]) / (I[i, i-1] + I[i, s]) for each key/query span s..i "
+                  "(+1: the last token fuses only its left neighbour, 0: it weighs its mirrored partner equally), "
+                  "by Jacobian norms and by ablating token embeddings (`analyses/fusion.py`); first seed of each "
+                  "group.", "", f"![fusion]({_rel(figures['fusion'], md)})", ""]
+    if "attention" in figures:
+        lines += ["## Effective attention", "", "Layer 0 of one example: mean |M[c, i, j]| over channels of the "
+                  "scan unrolled as attention, the paper's |S| = |Mask∘(C Bᵀ)|, and the Transformer's pattern; "
+                  "first seed of each group.", "", f"![attention]({_rel(figures['attention'], md)})", ""]
+    lines += ["## Files", "", f"Every number above is in `{_rel(out / 'summary.json', md)}`; every patching cell "
+              f"in `{_rel(out / 'all_cells.csv', md)}` and the per-model CSV/JSON files beside it.", ""]
     return "\n".join(lines)
+
+
+def _max_offdiag(cos: list) -> float:
+    """Largest |cosine| between two different taps over the layers of one model."""
+    t = torch.tensor(cos)  # [layers, K, K]
+    K = t.shape[-1]
+    off = ~torch.eye(K, dtype=torch.bool)
+    return float(t[:, off].abs().max())

@@ -25,7 +25,8 @@ class GridResult:
             into corrupted) or ``"noising"`` (corrupted into clean); method: ``"activation"`` or
             ``"attribution"``.
         clean_baseline, corrupted_baseline: metric on the unpatched clean / corrupted batch.
-        per_example: optional ``[component, layer, pos, n]`` per-example metric (for bootstrap).
+        per_example: optional ``[component, layer, pos, n]`` per-example metric (for bootstrap),
+            with ``clean_per_example`` / ``corrupted_per_example`` ``[n]``, the unpatched runs'.
     """
 
     values: torch.Tensor
@@ -41,6 +42,8 @@ class GridResult:
     token_labels: Optional[List[str]] = None
     model_name: str = "model"
     per_example: Optional[torch.Tensor] = field(default=None, repr=False)
+    clean_per_example: Optional[torch.Tensor] = field(default=None, repr=False)
+    corrupted_per_example: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def cell(self, component: str, layer: int, pos: int, normalised: bool = True) -> float:
         t = self.effect if normalised else self.values

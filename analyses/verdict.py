@@ -1,4 +1,5 @@
-"""Which part of a Mamba block carries the behaviour: the conv path, the SSM (scan) path or the gate?
+"""Which input of the answer position carries a clean-vs-corrupted difference: the conv path, the
+SSM (scan) path or the gate? A pure function of an activation-patching grid already computed.
 
 Definition (exact decomposition of the mixer output at the answer position i). In every Mamba
 layer the mixer output at position i is a function of three inputs only::
@@ -16,20 +17,25 @@ path c is ``E_c = sum over layers of max(0, effect[c, layer])`` and its share is
 ``E_c / (E_conv + E_ssm + E_gate)``. The sum over layers is a summary, not an exact decomposition
 for multi-layer models (earlier layers also act on other positions).
 
-Confidence: with several models (e.g. seeds) the shares are mean ± std over models; with one model
-they are the point estimate ± the std of a bootstrap over examples.
+What a share means depends on the pair: if the clean and corrupted inputs differ only inside the
+conv window of the answer (the matching tasks' query), the conv path can carry the whole
+difference without the scan; if they differ far before it (the keys), only the scan can.
+
+Spread: with several models (e.g. seeds) :func:`combine` gives mean ± std over models; with one
+model :func:`path_shares` gives a bootstrap std over examples (needs the grid's per-example values).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Sequence
 
 import torch
 
-from .components import is_mamba
-from .metrics import PatchingData, check_metric
-from .patching import activation_patching, run_metric
+from achilles_interp.errors import UserError
+
+from .metrics import normalised_effect
+from .results import GridResult
 
 DEFINITION = (
     "In every Mamba layer the mixer output at the answer position i is a function of exactly three "
@@ -39,191 +45,100 @@ DEFINITION = (
     "(denoising); its effect is normalised so that 1 = the whole clean-vs-corrupted gap; "
     "E_path = sum over layers of max(0, effect) and share = E_path / (E_conv + E_ssm + E_gate)."
 )
-
 PATHS = {"conv": "conv_act", "ssm": "ssm_state", "gate": "gate"}
 PATH_WORDS = {"conv": "the conv", "ssm": "the SSM scan", "gate": "the gate"}
 
 
 @dataclass
-class Verdict:
-    """Shares of the restorable patching effect per path (fractions in [0, 1] summing to 1).
-
-    Attributes:
-        share: ``{"conv", "ssm", "gate"} -> mean share``; std: same keys, the spread (see ``spread``).
-        per_model: one ``{path: share}`` dict per model; raw_effect: per model ``{path: E_path}``.
-        spread: ``"std over N models"`` or ``"bootstrap std over n examples"``.
-        metric: the patching metric; sentence: a human-readable summary.
-    """
+class PathShares:
+    """Shares of the restorable effect per path (``{"conv", "ssm", "gate"}``, summing to 1; NaN
+    when no path restores anything), their spread, and the raw summed effects."""
 
     share: Dict[str, float]
     std: Dict[str, float]
-    per_model: List[Dict[str, float]]
-    raw_effect: List[Dict[str, float]]
+    effect: Dict[str, float]
     spread: str
-    metric: str
-    sentence: str = ""
-    model_names: List[str] = field(default_factory=list)
+    n_models: int = 1
 
     def to_dict(self) -> dict:
-        return {
-            "share": self.share,
-            "std": self.std,
-            "per_model": self.per_model,
-            "raw_effect": self.raw_effect,
-            "spread": self.spread,
-            "metric": self.metric,
-            "sentence": self.sentence,
-            "model_names": self.model_names,
-            "definition": DEFINITION,
-        }
+        return {"share": self.share, "std": self.std, "effect": self.effect, "spread": self.spread,
+                "n_models": self.n_models, "definition": DEFINITION}
 
+    def sentence(self) -> str:
+        """One sentence, the largest share first."""
+        if any(v != v for v in self.share.values()):
+            return "no path restores the difference (the clean and corrupted answers do not differ): no shares"
+        order = sorted(self.share, key=lambda k: -self.share[k])
 
-def _load(m):
-    if isinstance(m, torch.nn.Module):
-        return m
-    try:
-        from achilles_interp.zoo import load_model
-    except ImportError:  # zoo not shipped yet
-        from achilles_interp.model import HookedMamba
+        def pm(k):
+            return "" if self.std[k] != self.std[k] else f" ± {100 * self.std[k]:.0f}%"
 
-        return HookedMamba.from_pretrained(m).eval()
-    return load_model(m)
+        parts = [f"{PATH_WORDS[k]} {100 * self.share[k]:.0f}%{pm(k)}" for k in order]
+        return ", ".join(parts) + f" ({self.spread})"
 
 
 def _shares(effects: torch.Tensor) -> torch.Tensor:
-    """effects ``[3, layers]`` normalised effects -> ``[3]`` shares (NaN if nothing restores)."""
+    """effects ``[3, layers]`` -> ``[3]`` shares (NaN if nothing restores)."""
     e = effects.clamp(min=0).nan_to_num(0.0).sum(-1)
     total = e.sum()
     return e / total if total > 0 else e * float("nan")
 
 
-def path_effects(model, data: PatchingData, metric: str = "logit_diff", keep_per_example: bool = False):
-    """Denoising patching of the three paths at the answer position.
-
-    Returns ``(effect [3, layers], per_example [3, layers, n] or None, clean [n], corrupted [n])``
-    (rows in the order conv, ssm, gate).
-    """
-    i = data.single_answer_pos()
-    if i < 1:
-        raise ValueError("the verdict needs answer_pos >= 1 (the SSM path is the state at answer_pos - 1)")
-    res = activation_patching(
-        model,
-        data,
-        components=list(PATHS.values()),
-        positions=[i - 1, i],
-        metric=metric,
-        direction="denoising",
-        keep_per_example=keep_per_example,
-    )
-    take = [1, 0, 1]  # conv_act at i, ssm_state at i-1, gate at i
-    eff = torch.stack([res.effect[k, :, take[k]] for k in range(3)])
-    per = torch.stack([res.per_example[k, :, take[k]] for k in range(3)]) if keep_per_example else None
-    clean = run_metric(model, data.clean_tokens, data, metric).cpu()
-    corr = run_metric(model, data.corrupted_tokens, data, metric).cpu()
-    return eff, per, clean, corr
+def _path_rows(grid: GridResult, answer_pos: int, values: torch.Tensor) -> torch.Tensor:
+    """``[3, layers, ...]``: conv_act at i, ssm_state at i-1, gate at i, from a grid tensor."""
+    if answer_pos < 1:
+        raise UserError("path shares need answer_pos >= 1 (the SSM path is the state at answer_pos - 1)")
+    missing = [c for c in PATHS.values() if c not in grid.components]
+    need = [p for p in (answer_pos - 1, answer_pos) if p not in grid.positions]
+    if missing or need:
+        raise UserError(f"the grid lacks components {missing} or positions {need} needed for path shares")
+    at = [answer_pos, answer_pos - 1, answer_pos]
+    return torch.stack([values[grid.components.index(c), :, grid.positions.index(p)]
+                        for c, p in zip(PATHS.values(), at)])
 
 
-def _bootstrap(
-    per: torch.Tensor, clean: torch.Tensor, corr: torch.Tensor, n_boot: int, seed: int
-) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    n = clean.shape[0]
-    out = []
-    for _ in range(n_boot):
-        idx = torch.randint(0, n, (n,), generator=g)
-        c, k = clean[idx].mean(), corr[idx].mean()
-        gap = c - k
-        if abs(float(gap)) < 1e-12:
-            continue
-        eff = (per[..., idx].mean(-1) - k) / gap
-        out.append(_shares(eff))
-    return torch.stack(out) if out else torch.full((1, 3), float("nan"))
-
-
-def verdict(
-    models_or_paths: Sequence,
-    task=None,
-    data: Optional[PatchingData] = None,
-    n: int = 64,
-    seed: int = 0,
-    metric: str = "logit_diff",
-    n_boot: int = 200,
-    names: Optional[Sequence[str]] = None,
-) -> Verdict:
-    """Fraction of the patching effect carried by the conv path vs the SSM path vs the gate.
-
-    Args:
-        models_or_paths: HookedMamba models and/or checkpoint directories (e.g. one per seed).
-            Non-Mamba models are rejected.
-        task: a task (``clean_corrupted_pairs``) used when ``data`` is None (``n`` pairs, ``seed``,
-            split "test").
-        data: explicit clean/corrupted data (overrides ``task``).
-        metric: ``"logit_diff"`` (default), ``"prob"`` or ``"accuracy"``.
-        n_boot: bootstrap resamples when there is a single model.
-    """
-    check_metric(metric)
-    if isinstance(models_or_paths, (str, torch.nn.Module)) or not len(models_or_paths):
-        models_or_paths = [models_or_paths] if models_or_paths else []
-    if not models_or_paths:
-        raise ValueError("verdict needs at least one model or checkpoint path")
-    if data is None:
-        if task is None:
-            raise ValueError("give a task or explicit PatchingData")
-        data = PatchingData.from_task(task, n, seed=seed)
-    models = [_load(m) for m in models_or_paths]
-    for m in models:
-        if not is_mamba(m):
-            raise ValueError(
-                f"verdict needs Mamba models; got a {type(m).__name__} (no conv / scan / gate hooks)"
-            )
-    names = list(names) if names else [getattr(m, "name", f"model{k}") for k, m in enumerate(models)]
-    single = len(models) == 1
-    per_model, raw, all_shares = [], [], []
-    for m in models:
-        eff, per, clean, corr = path_effects(m, data, metric, keep_per_example=single)
-        s = _shares(eff)
-        all_shares.append(s)
-        keys = list(PATHS)
-        per_model.append({k: float(s[j]) for j, k in enumerate(keys)})
-        raw.append({k: float(eff[j].clamp(min=0).nan_to_num(0).sum()) for j, k in enumerate(keys)})
-    stacked = torch.stack(all_shares)
-    if single:
-        boots = _bootstrap(per, clean, corr, n_boot, seed)
-        boots = boots[torch.isfinite(boots).all(1)]  # resamples where nothing restores have no shares
-        mean = stacked[0]
-        std = boots.std(0) if boots.shape[0] > 1 else torch.full((3,), float("nan"))
-        spread = f"bootstrap std over {data.n} examples"
-    else:
-        mean, std = stacked.mean(0), stacked.std(0)
-        spread = f"std over {len(models)} models"
+def path_shares(grid: GridResult, answer_pos: int, n_boot: int = 200, seed: int = 0) -> PathShares:
+    """Shares of one model from its denoising activation-patching ``grid`` (which must hold
+    ``conv_act``, ``ssm_state`` and ``gate`` at ``answer_pos`` and ``answer_pos - 1``). The
+    bootstrap over examples needs ``grid.per_example``; without it the std is NaN."""
+    if grid.direction != "denoising" or grid.method != "activation":
+        raise UserError("path shares are defined on denoising activation patching")
+    eff = _path_rows(grid, answer_pos, grid.effect)
+    s = _shares(eff)
+    std = torch.full((3,), float("nan"))
+    if grid.per_example is not None and grid.clean_per_example is not None:
+        per = _path_rows(grid, answer_pos, grid.per_example)  # [3, layers, n]
+        clean, corr = grid.clean_per_example, grid.corrupted_per_example
+        g = torch.Generator().manual_seed(seed)
+        n = per.shape[-1]
+        boots = []
+        for _ in range(n_boot):
+            idx = torch.randint(0, n, (n,), generator=g)
+            # the baselines re-estimated on the same resample
+            boots.append(_shares(normalised_effect(per[..., idx].mean(-1), float(clean[idx].mean()),
+                                                   float(corr[idx].mean()), "denoising")))
+        b = torch.stack(boots)
+        b = b[torch.isfinite(b).all(1)]
+        if b.shape[0] > 1:
+            std = b.std(0)
     keys = list(PATHS)
-    v = Verdict(
-        {k: float(mean[j]) for j, k in enumerate(keys)},
-        {k: float(std[j]) for j, k in enumerate(keys)},
-        per_model,
-        raw,
-        spread,
-        metric,
-        model_names=names,
-    )
-    v.sentence = describe(v)
-    return v
+    return PathShares({k: float(s[j]) for j, k in enumerate(keys)}, {k: float(std[j]) for j, k in enumerate(keys)},
+                      {k: float(eff[j].clamp(min=0).nan_to_num(0).sum()) for j, k in enumerate(keys)},
+                      f"bootstrap std over {grid.per_example.shape[-1]} examples"
+                      if grid.per_example is not None else "one model")
 
 
-def describe(v: Verdict) -> str:
-    """One sentence, the largest share first."""
-    if any(x != x for x in v.share.values()):
-        return (
-            "No path restores the behaviour (the clean and corrupted runs do not differ, or no patch "
-            "moves the metric): no verdict."
-        )
-    order = sorted(v.share, key=lambda k: -v.share[k])
-    def pm(k):
-        return "" if v.std[k] != v.std[k] else f" ± {100 * v.std[k]:.0f}%"
-
-    parts = [f"{PATH_WORDS[k]} carries {100 * v.share[k]:.0f}%{pm(k)}" for k in order]
-    return (
-        f"{parts[0][0].upper()}{parts[0][1:]}, {parts[1]} and {parts[2]} of the restorable effect "
-        f"(denoising activation patching of the answer position's three inputs, metric {v.metric}, "
-        f"summed over layers; ± = {v.spread})."
-    )
+def combine(shares: Sequence[PathShares]) -> PathShares:
+    """Mean ± std over models (e.g. seeds) of their shares; models with no shares are left out."""
+    ok = [s for s in shares if all(v == v for v in s.share.values())]
+    if not ok:
+        nan = {k: float("nan") for k in PATHS}
+        return PathShares(nan, dict(nan), dict(nan), f"no model of {len(shares)} has shares", 0)
+    if len(ok) == 1:
+        return ok[0]
+    t = torch.tensor([[s.share[k] for k in PATHS] for s in ok])
+    e = torch.tensor([[s.effect[k] for k in PATHS] for s in ok])
+    keys = list(PATHS)
+    return PathShares({k: float(t[:, j].mean()) for j, k in enumerate(keys)},
+                      {k: float(t[:, j].std()) for j, k in enumerate(keys)},
+                      {k: float(e[:, j].mean()) for j, k in enumerate(keys)}, f"std over {len(ok)} models", len(ok))

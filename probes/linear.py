@@ -19,6 +19,8 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from achilles_interp.errors import UserError
+
 OPTIMIZERS = ("lbfgs", "adam")
 
 
@@ -45,7 +47,7 @@ def _split(n: int, test_frac: float, seed: int):
     perm = torch.randperm(n, generator=g)
     n_test = max(1, int(round(n * test_frac)))
     if n - n_test < 1:
-        raise ValueError(f"need at least 2 examples to split off a test set, got n={n}")
+        raise UserError(f"need at least 2 examples to split off a test set, got n={n}")
     return perm[n_test:], perm[:n_test]
 
 
@@ -58,6 +60,7 @@ def train_probe(
     lr: float = 1e-2,
     test_frac: float = 0.25,
     seed: int = 0,
+    split: Optional[tuple] = None,
 ) -> ProbeResult:
     """Fit a softmax-regression probe.
 
@@ -67,18 +70,21 @@ def train_probe(
         l2: weight-decay coefficient on W (mean cross-entropy + l2 * ||W||^2).
         optimizer: ``"lbfgs"`` (``steps`` = max iterations) or ``"adam"`` (``steps`` epochs, ``lr``).
         test_frac: held-out fraction (random split with ``seed``).
+        split: explicit ``(train indices, test indices)`` instead (e.g. whole examples held out
+            when one example contributes several rows).
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        raise UserError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise UserError(
             f"need X [n, d] and y [n] with the same n, got {tuple(X.shape)} and {tuple(y.shape)}"
         )
     if l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
+        raise UserError(f"l2 must be >= 0, got {l2}")
     X = X.detach().float().cpu()
     classes, yi = torch.unique(y.cpu(), return_inverse=True)
-    tr, te = _split(X.shape[0], test_frac, seed)
+    tr, te = _split(X.shape[0], test_frac, seed) if split is None else (torch.as_tensor(split[0]),
+                                                                          torch.as_tensor(split[1]))
     mean, std = X[tr].mean(0), X[tr].std(0, unbiased=False).clamp(min=1e-6)
     Z = (X - mean) / std
     d, k = X.shape[1], len(classes)
@@ -128,7 +134,7 @@ def mirrored_token_targets(
     """The token at the mirrored position of ``position`` inside the span ``[span_start,
     span_start + span_len)``: ``tokens[:, span_start + span_start + span_len - 1 - position]`` ``[n]``."""
     if not span_start <= position < span_start + span_len:
-        raise ValueError(f"position {position} is outside the span [{span_start}, {span_start + span_len})")
+        raise UserError(f"position {position} is outside the span [{span_start}, {span_start + span_len})")
     return tokens[:, 2 * span_start + span_len - 1 - position]
 
 
@@ -139,7 +145,7 @@ def match_bit_targets(
     equals the reversed key's prefix. ``key_tokens [n, 3]`` (the key to compare with) -> ``[n]``."""
     m = position - query_start + 1
     if m < 1 or m > key_tokens.shape[1]:
-        raise ValueError(
+        raise UserError(
             f"position must lie in the query [{query_start}, {query_start + key_tokens.shape[1]})"
         )
     rev = key_tokens.flip(1)[:, :m]
@@ -171,7 +177,6 @@ def probe_grid(
         DataFrame: component, layer, position, task_acc, control_acc, selectivity, train_acc.
     """
     import pandas as pd
-
     from achilles_interp.analyses.components import check_components, hook_name
 
     components = check_components(components)

@@ -67,7 +67,7 @@ def test_grid_finishes_reports_a_failing_run_and_reruns_skip(tmp_path, cluster):
         assert doc["complete"] and doc["final"]["accuracy"] == o.accuracy and not o.resumed
         assert set(o.accuracy) == {"train", "test", "ood"} and o.seconds > 0
     (bad,) = r.failed
-    assert bad.spec == BAD and bad.error == "ValueError: n_layers must be an int >= 1, got 0"
+    assert bad.spec == BAD and bad.error == "UserError: n_layers must be an int >= 1, got 0"
     assert bad.traceback.startswith("Traceback") and "trainer.py" in bad.traceback
     assert "n_layers must be an int >= 1" in (runs / bad.run_dir / "train.log").read_text()
     text = log.getvalue()

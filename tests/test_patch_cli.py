@@ -1,8 +1,9 @@
-"""`achilles-interp patch` on tiny checkpoints saved in a tmp dir; the walkthrough notebook runs."""
+"""`achilles-interp patch` (the attribution study) on tiny checkpoints saved in a tmp dir; the
+walkthrough notebook runs."""
 
 import json
+import math
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from achilles_interp import zoo
 from achilles_interp.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--n", "4", "--eval-examples", "16", "--probe-examples", "16", "--fusion-examples", "1",
+        "--fusion-probes", "1", "--threads", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -20,63 +23,70 @@ def checkpoints(tmp_path_factory):
     torch.manual_seed(0)
     common = dict(vocab_size=256, max_len=64, n_layers=2, d_model=8)
     zoo.build_model("mamba", d_state=4, headdim=4, backend="torch", **common).save_pretrained(root / "mamba")
+    zoo.build_model("mamba-pe", d_state=4, headdim=4, backend="torch", **common).save_pretrained(root / "mamba-pe")
     zoo.build_model("transformer", **common).save_pretrained(root / "transformer")
     return root
 
 
 def test_patch_cli_writes_everything(checkpoints, tmp_path, capsys):
     out = tmp_path / "attribution_assets"
-    t = time.time()
     n_threads = torch.get_num_threads()
     try:
-        rc = main(
-            [
-                "patch",
-                "--checkpoint",
-                str(checkpoints / "mamba"),
-                "--checkpoint",
-                str(checkpoints / "transformer"),
-                "--n",
-                "4",
-                "--components",
-                "resid_pre",
-                "conv_act",
-                "ssm_state",
-                "gate",
-                "attn_out",
-                "--fusion-examples",
-                "1",
-                "--fusion-probes",
-                "1",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
+        rc = main(["patch", "--checkpoint", str(checkpoints / "mamba"),
+                   "--checkpoint", str(checkpoints / "transformer"),
+                   "--components", "resid_pre", "conv_act", "ssm_state", "gate", "attn_out", "--out", str(out),
+                   "--reproduction", str(ROOT / "docs" / "reproduction_assets" / "results.json"), *TINY])
     finally:
         torch.set_num_threads(n_threads)
-    assert rc == 0 and time.time() - t < 60
+    assert rc == 0
     printed = capsys.readouterr().out
-    assert "verdict:" in printed and "carries" in printed
-    for name in (
-        "activation_patching.png",
-        "activation_patching.svg",
-        "attribution_patching.png",
-        "fusion.png",
-        "fusion.svg",
-        "summary.json",
-        "all_cells.csv",
-        "activation_patching_mamba.csv",
-        "attribution_patching_transformer.json",
-        "fusion.json",
-    ):
+    assert "verdict: The evidence" in printed and "mamba: test accuracy" in printed
+    for name in ("activation_patching_query.png", "activation_patching_query.svg", "attribution_patching_keys.png",
+                 "fusion.png", "fusion.svg", "attention.png", "summary.json", "all_cells.csv",
+                 "activation_patching_mamba_query.csv", "attribution_patching_transformer_keys.json", "fusion.json"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    v = summary["models"]["mamba"]["verdict"]
+    mamba = summary["models"]["mamba"]
+    assert set(mamba["pairs"]) == {"query", "keys"}
+    shares = mamba["pairs"]["keys"]["path_shares"]["share"]
+    assert set(shares) == {"conv", "ssm", "gate"}
+    assert all(math.isnan(v) for v in shares.values()) or sum(shares.values()) == pytest.approx(1.0)
+    assert summary["models"]["transformer"]["pairs"]["query"]["path_shares"] is None
+    assert {p["target"] for p in mamba["probes"]} == {"slot", "position"}
+    assert summary["explanation"]["verdict"] in ("conv", "scan", "position", "undecided")
     md = (tmp_path / "attribution.md").read_text()
-    assert v["sentence"] in md and "attribution_assets/activation_patching.png" in md
-    assert "verdict" not in summary["models"]["transformer"]
+    assert summary["explanation"]["sentence"] in md and "attribution_assets/activation_patching_keys.png" in md
+    assert "## Position information in the residual stream" in md
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_patching_stage_computes_each_run_once(checkpoints):
+    """Per kind of pair: two unpatched runs (clean and corrupted, shared by activation and attribution
+    patching), then one pass per component whose activations differ between them (every cell fits in
+    one pass; the SSM state only before the answer), then one forward for attribution: no cell and no
+    baseline is computed twice, and the path shares re-run nothing."""
+    from achilles_interp.analyses.study import StudyConfig, study_model
+
+    from achilles_interp.tasks import get_task
+
+    model = zoo.load_model(checkpoints / "mamba", backend="torch").eval()
+    task = get_task("inverse-matching", n_layers=2)
+    calls, stage = [], {"now": None}
+    # every forward pass runs block 0 once
+    handle = model.blocks[0].register_forward_pre_hook(lambda mod, args: calls.append(stage["now"]))
+    cfg = StudyConfig(n=4, components=("conv_act", "ssm_state", "gate", "mixer_out"), eval_examples=8,
+                      fusion_examples=0, probe_examples=0, cells_per_pass=1000)
+    try:
+        ms = study_model("m", model, task, cfg, stage=lambda s: stage.update(now=s))
+    finally:
+        handle.remove()
+    for change in ("query", "keys"):
+        first = min(ms.pairs[change].diff_positions)
+        # in a causal model, a component's activations differ from the first changed position on
+        live = sum(1 for c in cfg.components if c != "ssm_state") + (1 if first <= task.seq_len - 2 else 0)
+        assert calls.count(f"patching ({change} pairs)") == 2 + live
+        assert calls.count(f"attribution ({change} pairs)") == 1
+    assert ms.pairs["keys"].shares is not None
 
 
 def test_patch_cli_help_and_errors(checkpoints, capsys, tmp_path):
@@ -84,100 +94,53 @@ def test_patch_cli_help_and_errors(checkpoints, capsys, tmp_path):
         main(["patch", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--checkpoint", "--task", "--components", "--n", "--seed", "--out", "--metric", "--threads"):
+    for opt in ("--checkpoint", "--task", "--components", "--n", "--seed", "--out", "--metric", "--threads",
+                "--probe-examples", "--state-cells", "--reproduction"):
         assert opt in text
-    assert (
-        main(
-            [
-                "patch",
-                "--checkpoint",
-                str(checkpoints / "mamba"),
-                "--components",
-                "conv",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )
+    assert main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--components", "conv",
+                 "--out", str(tmp_path / "x")]) == 2
     assert "allowed" in capsys.readouterr().err
     assert main(["patch", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
-    assert (
-        main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--n", "1", "--out", str(tmp_path / "x")])
-        == 2
-    )
-
-
-def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
-    nb_path = ROOT / "examples" / "walkthrough.ipynb"
-    nb = json.loads(nb_path.read_text())
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ACHILLES_WALKTHROUGH_FAST", "1")
-    try:
-        import nbclient  # noqa: F401
-        import nbformat
-
-        from nbclient import NotebookClient
-
-        NotebookClient(
-            nbformat.reads(nb_path.read_text(), as_version=4),
-            timeout=120,
-            resources={"metadata": {"path": str(tmp_path)}},
-        ).execute()
-    except ImportError:
-        # one real file per cell: nnsight reads the source of the `with` block from the file
-        env = {"__name__": "__walkthrough__"}
-        for k, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
-            src = "".join(cell["source"])
-            script = tmp_path / f"walkthrough_cell{k}.py"
-            script.write_text(src)
-            exec(compile(src, str(script), "exec"), env)  # noqa: S102
-        assert "v" in env and env["v"].sentence
-    assert os.environ["ACHILLES_WALKTHROUGH_FAST"] == "1"
+    assert main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--n", "1", "--out", str(tmp_path / "x")]) == 2
+    assert main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--probe-examples", "3",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_patch_cli_default_models(checkpoints, tmp_path, monkeypatch, capsys):
-    """With no --checkpoint the command runs on the shipped checkpoints (here: a stand-in folder)."""
+    """With no --checkpoint the command studies the shipped checkpoints (here: stand-ins)."""
     monkeypatch.setattr(zoo, "list_checkpoints", lambda: [])
     assert main(["patch", "--out", str(tmp_path / "none")]) == 2
     assert "no shipped checkpoints" in capsys.readouterr().err
     monkeypatch.undo()
-    monkeypatch.setattr(zoo, "checkpoints_dir", lambda: checkpoints)
+    shipped = tmp_path / "shipped"
+    for src, name in (("mamba", "mamba2-inverse"), ("mamba-pe", "mamba2-pe-inverse"),
+                      ("transformer", "transformer-inverse")):
+        (shipped / name).mkdir(parents=True)
+        for f in (checkpoints / src).iterdir():
+            (shipped / name / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(zoo, "checkpoints_dir", lambda: shipped)
     n_threads = torch.get_num_threads()
     try:
-        rc = main(
-            [
-                "patch",
-                "--n",
-                "2",
-                "--components",
-                "conv_act",
-                "ssm_state",
-                "gate",
-                "--fusion-examples",
-                "0",
-                "--out",
-                str(tmp_path / "docs" / "attribution_assets"),
-                "--no-progress",
-            ]
-        )
+        rc = main(["patch", "--components", "conv_act", "ssm_state", "gate", "--out",
+                   str(tmp_path / "docs" / "attribution_assets"), *TINY])
     finally:
         torch.set_num_threads(n_threads)
     assert rc == 0
     md = (tmp_path / "docs" / "attribution.md").read_text()
-    assert "**mamba**" in md and "transformer" in md
+    for name in ("mamba2-inverse", "mamba2-pe-inverse", "transformer-inverse"):
+        assert f"`{name}`" in md
 
 
-def test_verdict_from_checkpoint_paths(checkpoints):
-    from achilles_interp.analyses.verdict import verdict
-    from achilles_interp.tasks import get_task
+def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
+    nb_path = ROOT / "examples" / "walkthrough.ipynb"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ACHILLES_WALKTHROUGH_FAST", "1")
+    import nbformat
+    from nbclient import NotebookClient
 
-    v = verdict(
-        [str(checkpoints / "mamba"), checkpoints / "mamba"],
-        task=get_task("inverse-matching", n_layers=2),
-        n=4,
-    )
-    assert "std over 2 models" in v.sentence
-    assert all(s == 0 for s in v.std.values()) or any(x != x for x in v.share.values())
-    with pytest.raises(ValueError, match="Mamba"):
-        verdict([str(checkpoints / "transformer")], task=get_task("inverse-matching", n_layers=2), n=4)
+    nb = nbformat.reads(nb_path.read_text(), as_version=4)
+    NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert os.environ["ACHILLES_WALKTHROUGH_FAST"] == "1"

@@ -3,15 +3,15 @@
 import pandas as pd
 import pytest
 import torch
-
-from achilles_interp.analyses import ablations, interventions
+from achilles_interp.analyses import interventions as iv
+from achilles_interp.analyses.evaluation import evaluate
 from achilles_interp.analyses.metrics import PatchingData, metric_per_example
 from achilles_interp.analyses.patching import activation_patching, patch_cells, patch_one_cell
 from achilles_interp.analyses.toy_models import conv_only_data, conv_only_model, ssm_only_data, ssm_only_model
-from achilles_interp.analyses.verdict import verdict
+from achilles_interp.analyses.verdict import combine, path_shares
+
 from achilles_interp.config import MambaConfig
 from achilles_interp.model import HookedMamba
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,10 +80,10 @@ def test_conv_only_model_puts_everything_on_the_conv():
     for c in ("conv_out", "conv_act", "ssm_out", "mixer_out"):
         assert eff[c][3] == pytest.approx(1.0, abs=1e-8)
     assert torch.allclose(eff["gate"], torch.zeros(4), atol=1e-9)
-    v = verdict([model], data=data, n_boot=20)
+    v = path_shares(activation_patching(model, data, ALL, keep_per_example=True), 3, n_boot=20)
     assert v.share["conv"] == pytest.approx(1.0, abs=1e-8)
     assert v.share["ssm"] == pytest.approx(0.0, abs=1e-8) and v.share["gate"] == pytest.approx(0.0, abs=1e-8)
-    assert "the conv carries 100%" in v.sentence.lower()
+    assert v.sentence().startswith("the conv 100% ± 0%") and "bootstrap std over 16 examples" in v.sentence()
 
 
 def test_ssm_only_model_puts_everything_on_the_scan():
@@ -94,9 +94,11 @@ def test_ssm_only_model_puts_everything_on_the_scan():
     assert torch.allclose(eff["ssm_state"], torch.ones(4), atol=1e-8)  # any state after token 0 carries it
     assert eff["conv_act"][3] == pytest.approx(0.0, abs=1e-9)  # no conv mixing into position 3
     assert eff["conv_act"][0] == pytest.approx(1.0, abs=1e-8)  # the write at position 0
-    v = verdict([model, ssm_only_model(seed=1)], data=data)
+    v = combine([path_shares(activation_patching(m, data, ALL), 3) for m in (model, ssm_only_model(seed=1))])
     assert v.share["ssm"] == pytest.approx(1.0, abs=1e-8)
-    assert v.std["ssm"] == pytest.approx(0.0, abs=1e-8) and "std over 2 models" in v.sentence
+    assert v.std["ssm"] == pytest.approx(0.0, abs=1e-8) and "std over 2 models" in v.sentence()
+    with pytest.raises(ValueError, match="lacks components"):
+        path_shares(activation_patching(model, data, ["conv_act"]), 3)
 
 
 def test_result_exports(tmp_path, small_model):
@@ -145,40 +147,62 @@ def test_bad_input_messages(small_model):
         )
 
 
-def test_ablations_and_interventions():
+def test_interventions_on_analytic_models():
     model, data = conv_only_model(), conv_only_data()
     clean = data.clean_tokens
-    base = ablations.evaluate(model, clean, data)
-    # the conv carries the signal: bypassing it (identity) or freezing u to corrupted destroys it
-    frozen = ablations.evaluate(
-        model, clean, data, ablations.freeze_ssm_input_hooks(model, data.corrupted_tokens)
-    )
-    corr = ablations.evaluate(model, data.corrupted_tokens, data)
-    assert frozen["logit_diff"] == pytest.approx(corr["logit_diff"], abs=1e-9)
+    base = evaluate(model, clean, data)
+    # the conv carries the signal: freezing u to its corrupted value gives the corrupted answer
+    frozen = evaluate(model, clean, data, [iv.Patch(iv._sites("conv_act", model, None), data.corrupted_tokens)])
+    corr = evaluate(model, data.corrupted_tokens, data)
+    assert frozen.mean("logit_diff") == pytest.approx(corr.mean("logit_diff"), abs=1e-9)
     # knocking out state writes does nothing here (C = 0)
-    ko = ablations.evaluate(model, clean, data, ablations.state_write_knockout_hooks(model, [0, 1, 2]))
-    assert ko["logit_diff"] == pytest.approx(base["logit_diff"], abs=1e-10)
-    table = ablations.ablation_table(model, data)
-    assert list(table.columns) == ["ablation", "logit_diff", "prob", "accuracy"] and len(table) == 6
-    with pytest.raises(ValueError, match="mode must be one of"):
-        ablations.gate_ablation_hooks(model, "open")
+    ko = evaluate(model, clean, data, [iv.knock_out_writes(model, [0, 1, 2])])
+    assert ko.mean("logit_diff") == pytest.approx(base.mean("logit_diff"), abs=1e-10)
+    rows = iv.run_interventions(model, data, iv.ablation_set(model, data) + iv.paper_interventions(model, data),
+                                other=data.corrupted_tokens)
+    assert rows[0].label == "none" and rows[0].agreement == 1.0
+    labels = [r.label for r in rows]
+    assert "conv := identity" in labels and "conv kernel := all ones" in labels
     # blocking the source token's write into the state changes nothing for the conv-only model ...
-    b = interventions.blocking(model, clean, 3, [2], labels=data.clean_labels)
-    assert b["agreement"] == 1.0
+    blocked = evaluate(model, clean, data, [iv.block_writes(model, [2])])
+    assert torch.equal(blocked.predictions(), base.predictions())
     # ... but everything for the scan-only model's source token (its only path)
     m2, d2 = ssm_only_model(), ssm_only_data()
-    h_blocked = ablations.evaluate(m2, d2.clean_tokens, d2, interventions.blocking_hooks(m2, [0]))
-    h_corr_blocked = ablations.evaluate(m2, d2.corrupted_tokens, d2, interventions.blocking_hooks(m2, [0]))
-    assert h_blocked["logit_diff"] == pytest.approx(h_corr_blocked["logit_diff"], abs=1e-10)
+    h_blocked = evaluate(m2, d2.clean_tokens, d2, [iv.block_writes(m2, [0])])
+    h_corr_blocked = evaluate(m2, d2.corrupted_tokens, d2, [iv.block_writes(m2, [0])])
+    assert h_blocked.mean("logit_diff") == pytest.approx(h_corr_blocked.mean("logit_diff"), abs=1e-10)
     # substitution of the post-conv state at the answer position follows the other input
-    s = interventions.substitution(model, clean, data.corrupted_tokens, 3, positions=[3])
-    assert s["follows_other"] == 1.0
-    ones = interventions.all_ones_conv(model)
+    sub = [r for r in iv.run_interventions(model, data, [iv.substitute_conv(model, data.corrupted_tokens, [3])],
+                                           other=data.corrupted_tokens)][1]
+    assert sub.follows_other == 1.0
+    ones = iv.all_ones_conv(model)
     assert torch.all(ones.blocks[0].mixer.conv1d.weight == 1) and not torch.all(
         model.blocks[0].mixer.conv1d.weight == 1
     )
-    acc = interventions.all_ones_accuracy(model, clean, 3, data.clean_labels)
-    assert set(acc) == {"accuracy", "accuracy_all_ones_conv"}
-    cos = interventions.conv_tap_cosine([model, ones])
+    cos = iv.conv_tap_cosine([model, ones])
     assert cos.shape == (2, 1, 3, 3)
     assert torch.allclose(cos[1], torch.ones(1, 3, 3), atol=1e-6)
+
+
+def test_all_ones_conv_hook_equals_the_weight_edited_copy(small_model):
+    """AllOnesConv (a hook on the trained model) computes what a copy with all-ones weights and zero
+    conv bias computes: two independent routes to the paper's symmetric kernel."""
+    data = random_data()
+    with torch.no_grad():
+        copy_logits = iv.all_ones_conv(small_model)(data.clean_tokens)
+    hooked = small_model.run_with_hooks(data.clean_tokens,
+                                        fwd_hooks=iv.AllOnesConv().hooks(small_model, data.clean_tokens))
+    assert torch.allclose(hooked, copy_logits, atol=1e-10)
+    identity = small_model.run_with_hooks(data.clean_tokens,
+                                          fwd_hooks=iv.ConvIdentity().hooks(small_model, data.clean_tokens))
+    assert not torch.allclose(identity, hooked)
+
+
+def test_set_at_is_the_one_write():
+    act = torch.zeros(2, 4, 3)
+    out = iv.set_at(act, [1, 3], torch.ones(3))
+    assert out[:, [1, 3]].eq(1).all() and out[:, [0, 2]].eq(0).all() and act.eq(0).all()
+    out = iv.set_at(act, torch.tensor([0, 2]), torch.full((2, 3), 5.0), rows=torch.tensor([1, 0]))
+    assert out[1, 0].eq(5).all() and out[0, 2].eq(5).all() and out.sum() == 30
+    with pytest.raises(ValueError, match="re-run the scan"):
+        iv.Site("ssm_state", 0).name(conv_only_model())

@@ -12,7 +12,6 @@ from achilles_interp.training import PRESETS, Preset, get_preset, train
 from achilles_interp.training.trainer import lr_at, param_groups, seed_everything
 from achilles_interp.zoo import build_model, load_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -199,7 +198,7 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     )
     assert rc == 0
     doc = json.loads((out / "metrics.json").read_text())
-    assert set(doc["final"]["accuracy"]) == {"train", "test", "test_seen"}
+    assert set(doc["final"]["accuracy"]) == {"train", "test", "test_seen", "test_34"}
     assert {"match_compositional_answer", "match_symmetric_answer"} <= set(doc["final"]["extra"]["test"])
     assert "accuracy" in capsys.readouterr().out
 
@@ -338,7 +337,9 @@ def test_training_package_does_not_import_the_cli():
 
 
 def test_shipped_checkpoints_match_their_provenance():
-    """Each shipped checkpoint loads, is small, and re-evaluates to the test accuracy it records."""
+    """Each shipped checkpoint loads, is small, and re-evaluates on the CPU to the test accuracy its GPU
+    run recorded, up to 3 examples of the n_eval (the CUDA kernels and the CPU reference agree to ~1e-4
+    relative, which can tip an argmax that sits on a tie)."""
     from achilles_interp.training.trainer import evaluate, resolve_task
     from achilles_interp.zoo import checkpoints_dir, list_checkpoints, load_default
 
@@ -354,7 +355,7 @@ def test_shipped_checkpoints_match_their_provenance():
         task = resolve_task(run["task"], run["model_config"]["n_layers"])
         batch = task.generate(run["n_eval"], seed=prov["seed"], split="test")
         got = evaluate(model, batch, torch.device("cpu"))["accuracy"]
-        assert got == pytest.approx(prov["final_accuracy"]["test"], abs=1e-6), name
+        assert got == pytest.approx(prov["final_accuracy"]["test"], abs=3 / run["n_eval"] + 1e-9), name
 
 
 # 6 full batches per epoch (3 eager warm-up steps, the capture, replays) and a smaller last batch

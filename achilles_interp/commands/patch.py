@@ -1,18 +1,18 @@
-"""``achilles-interp patch``: activation + attribution patching, fusion asymmetry and the
-conv-vs-SSM-vs-gate verdict, with heatmaps, CSV/JSON of every number and a markdown report."""
+"""``achilles-interp patch``: the attribution study (activation and attribution patching on two
+kinds of clean/corrupted pairs, path shares, position probes, the paper's interventions, fusion
+asymmetry, effective attention) on a set of models, and the computed verdict: conv fusion order,
+the scan, or missing position information."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 
-# the shipped models, in order; each role accepts any of these checkpoint folder names
-DEFAULT_MODELS = (
-    ("mamba", "mamba2-inverse"),
-    ("mamba-bypass-pe", "mamba2-bypass-pe-inverse"),
-    ("transformer", "transformer-inverse"),
-)
+# the shipped models, in order: a failing standard Mamba-2, the fixed variants, the Transformer
+DEFAULT_MODELS = ("mamba2-inverse", "mamba2-pe-inverse", "mamba2-bypass-pe-inverse", "transformer-inverse")
 
 
 def register(sub, help_text: str) -> None:
@@ -22,110 +22,95 @@ def register(sub, help_text: str) -> None:
         "patch",
         help=help_text,
         description=(
-            "Run denoising activation patching and attribution patching over (component x layer x "
-            "position) on clean/corrupted pairs of a task, the token-fusion asymmetry, and the verdict "
-            "(share of the effect carried by the conv path, the SSM scan and the gate) for every Mamba "
-            "model. Writes heatmaps (PNG+SVG), a fusion figure, CSV/JSON of every number and a markdown "
-            "report; prints the verdict. With no --checkpoint, runs on the shipped default models "
-            f"({', '.join(' or '.join(role) for role in DEFAULT_MODELS)})."
+            "Study a set of models on their task: denoising activation patching and attribution patching over "
+            "(component x layer x position) on each kind of clean/corrupted pair (inverse matching: the query "
+            "changed, or the matching key moved), the conv / scan / gate shares, linear probes of position and "
+            "key slot, the paper's blocking / substitution / all-ones interventions, fusion asymmetry and "
+            "effective attention; then the verdict comparing failing and solving models. Writes heatmaps "
+            "(PNG+SVG), CSV/JSON of every number and a markdown page. With no --checkpoint, studies the shipped "
+            f"models ({', '.join(DEFAULT_MODELS)}): a failing standard Mamba-2 beside fixed ones."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        metavar="DIR",
-        default=None,
-        help="checkpoint directory (repeat for several models); default: the shipped models",
-    )
-    p.add_argument(
-        "--task",
-        default="inverse-matching",
-        help="task name from achilles_interp.tasks (needs clean/corrupted pairs with one answer)",
-    )
-    p.add_argument(
-        "--components",
-        nargs="+",
-        default=list(DEFAULT_COMPONENTS),
-        metavar="NAME",
-        help=f"components to patch; allowed: {', '.join(all_component_names())}",
-    )
-    p.add_argument("--n", type=int, default=32, help="number of clean/corrupted pairs")
+    p.add_argument("--checkpoint", action="append", metavar="DIR", default=None,
+                   help="checkpoint or training-run directory (repeat for several models); a run directory's "
+                        "metrics.json names its task. Default: the shipped models")
+    p.add_argument("--task", default="inverse-matching",
+                   help="task of checkpoints that do not name one (a task with clean/corrupted pairs, one answer)")
+    p.add_argument("--reproduction", default=None, metavar="RESULTS_JSON",
+                   help="the reproduction's results.json, whose variant accuracies enter the verdict "
+                        "(default: docs/reproduction_assets/results.json when it exists)")
+    p.add_argument("--components", nargs="+", default=list(DEFAULT_COMPONENTS), metavar="NAME",
+                   help=f"components to patch; allowed: {', '.join(all_component_names())}")
+    p.add_argument("--n", type=int, default=32, help="clean/corrupted pairs of each kind")
     p.add_argument("--seed", type=int, default=0, help="seed of the task generator (split 'test')")
-    p.add_argument(
-        "--metric",
-        default="logit_diff",
-        choices=["logit_diff", "prob"],
-        help="patching metric at the answer position",
-    )
-    p.add_argument(
-        "--fusion-examples",
-        type=int,
-        default=2,
-        help="examples for the Jacobian fusion matrices (0 skips the fusion analysis)",
-    )
-    p.add_argument(
-        "--fusion-probes",
-        type=int,
-        default=4,
-        help="Gaussian probes per position for the Jacobian norms (Hutchinson estimate)",
-    )
-    p.add_argument(
-        "--out", default="patch_results", help="output folder; 'X_assets' also writes X.md beside it"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (the default models are tiny: 1 thread avoids contention)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    p.add_argument("--metric", default="logit_diff", choices=["logit_diff", "prob"], help="patching metric")
+    p.add_argument("--state-cells", default="answer", choices=["answer", "all"],
+                   help="patch the SSM state only before the answer position (what the path shares need), or "
+                        "at every position (a state patch re-runs the scan: far slower)")
+    p.add_argument("--eval-examples", type=int, default=512, help="test examples for each model's accuracy")
+    p.add_argument("--probe-examples", type=int, default=256, help="examples for the position probes (0 skips)")
+    p.add_argument("--fusion-examples", type=int, default=2,
+                   help="examples for the Jacobian fusion matrices (0 skips the fusion analysis)")
+    p.add_argument("--fusion-probes", type=int, default=4,
+                   help="Gaussian probes per position for the Jacobian norms (Hutchinson estimate)")
+    p.add_argument("--out", default="patch_results", help="output folder; 'X_assets' also writes X.md beside it")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="print no stage lines")
     p.set_defaults(func=run)
 
 
-def _load_models(checkpoints):
+def run_task(path: Path):
+    """The task a training-run directory was trained on (its metrics.json), or None."""
+    f = path / "metrics.json"
+    if f.is_file():
+        run = json.loads(f.read_text()).get("run", {})
+        return run.get("task"), run.get("task_repr")
+    return None, None
+
+
+def _load_models(checkpoints, default_task: str):
+    """``(models, tasks, sources)``: name -> model / task name / where it came from."""
     from achilles_interp import zoo
 
     from ..cli import CLIError
 
-    models, sources = {}, {}
-    if checkpoints:
-        for path in checkpoints:
-            p = Path(path)
-            if not p.is_dir():
-                raise CLIError(f"--checkpoint {path}: not a directory")
-            name = p.name
-            k = 2
-            while name in models:
-                name, k = f"{p.name}-{k}", k + 1
-            models[name] = zoo.load_model(p, backend="torch").eval()
-            sources[name] = str(p)
-        return models, sources
-    available = zoo.list_checkpoints()
-    names = [
-        next(n for n in role if n in available)
-        for role in DEFAULT_MODELS
-        if any(n in available for n in role)
-    ]
-    if not names:
-        names = available  # a different set of shipped checkpoints: use them all
-    if not names:
-        raise CLIError("no shipped checkpoints found (achilles_interp/checkpoints); pass --checkpoint DIR")
-    for name in names:
-        models[name] = zoo.load_default(name, backend="torch").eval()
-        sources[name] = f"shipped checkpoint {name}"
-    return models, sources
+    models, tasks, sources = {}, {}, {}
+    if not checkpoints:
+        available = zoo.list_checkpoints()
+        names = [n for n in DEFAULT_MODELS if n in available] or available
+        if not names:
+            raise CLIError("no shipped checkpoints found (achilles_interp/checkpoints); pass --checkpoint DIR")
+        checkpoints = [zoo.checkpoints_dir() / n for n in names]
+    for path in map(Path, checkpoints):
+        if not path.is_dir():
+            raise CLIError(f"--checkpoint {path}: not a directory")
+        task, _ = run_task(path)
+        prov = path / "PROVENANCE.json"
+        if task is None and prov.is_file():
+            task = json.loads(prov.read_text()).get("task")
+        name = "/".join(path.parts[-3:]) if path.name.startswith("seed") else path.name
+        k, base = 2, name
+        while name in models:
+            name, k = f"{base}-{k}", k + 1
+        models[name] = zoo.load_model(path, backend="torch").eval()
+        tasks[name] = task or default_task
+        sources[name] = str(path)
+    return models, tasks, sources
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from achilles_interp.analyses.components import check_components
-    from achilles_interp.analyses.report import markdown_path, run_report
+    from achilles_interp.analyses.explanation import explain
+    from achilles_interp.analyses.report import markdown_path, write_study
+    from achilles_interp.analyses.study import StudyConfig, run_study
     from achilles_interp.tasks import get_task
 
     from ..cli import CLIError
     from ..training.validation import check_seeds
+    from .train import command_line
 
     t0 = time.time()
     if args.n < 2:
@@ -133,38 +118,35 @@ def run(args: argparse.Namespace) -> int:
     check_seeds(args.seed, "--seed")
     if args.fusion_examples < 0 or args.fusion_probes < 1:
         raise CLIError("--fusion-examples must be >= 0 and --fusion-probes >= 1")
-    components = check_components(args.components)
+    if args.probe_examples != 0 and args.probe_examples < 8:
+        raise CLIError(f"--probe-examples must be 0 (skip) or >= 8, got {args.probe_examples}")
+    if args.eval_examples < 1:
+        raise CLIError(f"--eval-examples must be >= 1, got {args.eval_examples}")
+    components = tuple(check_components(args.components))
     if args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    reproduction = args.reproduction
+    if reproduction is None and Path("docs/reproduction_assets/results.json").is_file():
+        reproduction = "docs/reproduction_assets/results.json"
+    grid = json.loads(Path(reproduction).read_text())["cells"] if reproduction else None
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
-    models, sources = _load_models(args.checkpoint)
-    n_layers = next(iter(models.values())).cfg.n_layers
-    try:
-        task = get_task(args.task, n_layers=n_layers)
-    except TypeError:
-        task = get_task(args.task)
-    except (KeyError, ValueError) as e:
-        raise CLIError(str(e)) from None
-    summary = run_report(
-        models,
-        task,
-        args.out,
-        n=args.n,
-        seed=args.seed,
-        components=components,
-        metric=args.metric,
-        fusion_examples=args.fusion_examples,
-        fusion_probes=args.fusion_probes,
-        progress=not args.no_progress,
-        sources=sources,
-    )
-    for name, m in summary["models"].items():
-        print(
-            f"{name}: clean {m['clean_baseline']:.3f}, corrupted {m['corrupted_baseline']:.3f}, "
-            f"Spearman(activation, attribution) {m['agreement_spearman']['all']:.3f}"
-        )
-        if "verdict" in m:
-            print(f"  verdict: {m['verdict']['sentence']}")
-    print(f"wrote {args.out}/ and {markdown_path(Path(args.out))} in {time.time() - t0:.1f}s")
+    models, task_names, sources = _load_models(args.checkpoint, args.task)
+    tasks = {}
+    for name, model in models.items():
+        kw = {"n_layers": model.cfg.n_layers} if task_names[name].endswith("matching") else {}
+        tasks[name] = get_task(task_names[name], **kw)
+    cfg = StudyConfig(n=args.n, seed=args.seed, components=components, metric=args.metric,
+                      eval_examples=args.eval_examples, fusion_examples=args.fusion_examples,
+                      fusion_probes=args.fusion_probes, probe_examples=args.probe_examples,
+                      state_cells=args.state_cells)
+    say = None if args.no_progress else (lambda s: print(f"[{time.time() - t0:5.0f} s] {s}", flush=True))
+    study = run_study(models, tasks, cfg, sources, progress=say)
+    explanation = explain(study, grid)
+    write_study(study, explanation, args.out, command_line(args, "patch"))
+    for name, m in study.models.items():
+        shares = "; ".join(f"{c}: {p.shares.sentence()}" for c, p in m.pairs.items() if p.shares)
+        print(f"{name}: test accuracy {m.accuracy:.3f} ({m.role})" + (f"; shares {shares}" if shares else ""))
+    print(f"verdict: {explanation.sentence}")
+    print(f"wrote {args.out}/ and {markdown_path(Path(args.out))} in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0

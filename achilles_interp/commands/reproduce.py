@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
+
 
 def register(sub, help_text: str) -> None:
     from ..training.paper_grid import GRID_TASKS
@@ -72,16 +74,16 @@ def run(args: argparse.Namespace) -> int:
     overrides = tuple(positive_settings({"d_model": args.d_model}).items())
     for flag in ("jobs", "runs_per_gpu"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.retries < 0:
-        raise ValueError(f"--retries must be >= 0, got {args.retries}")
+        raise UserError(f"--retries must be >= 0, got {args.retries}")
     if args.time_limit is not None and args.time_limit <= 0:
-        raise ValueError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+        raise UserError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     check_device(args.device)
     cells = [c for c in paper_cells(args.mixers, args.tasks, args.task_format)
              if args.models is None or c.model in args.models]
     if not cells:
-        raise ValueError(f"no cell of the grid uses the variants {args.models}")
+        raise UserError(f"no cell of the grid uses the variants {args.models}")
     if not args.render_only:
         from ..training.distributed import run_specs, summary_line, visible_gpus
 

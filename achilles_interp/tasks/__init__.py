@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import UserError
 from .base import IGNORE_INDEX, Task, TaskBatch, answer_logits, logit_diff, task_accuracy, task_loss
 from .composite import CompositeTask
 from .copy_task import CopyTask
@@ -47,7 +48,7 @@ def get_task(name: str, **kwargs: Any) -> Task:
         ValueError: unknown name (the message lists the allowed ones) or bad arguments.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; allowed tasks: {', '.join(_REGISTRY)}")
+        raise UserError(f"unknown task {name!r}; allowed tasks: {', '.join(_REGISTRY)}")
     return _REGISTRY[name](**kwargs)
 
 

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 IGNORE_INDEX = -100
 
 __all__ = [
@@ -60,29 +62,29 @@ class TaskBatch:
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 2 or self.tokens.dtype != torch.long:
-            raise ValueError(
+            raise UserError(
                 f"tokens must be a LongTensor [n, L], got {self.tokens.dtype} {tuple(self.tokens.shape)}"
             )
         n, L = self.tokens.shape
         if self.labels.dtype != torch.long or self.labels.dim() not in (1, 2) or self.labels.shape[0] != n:
-            raise ValueError(
+            raise UserError(
                 f"labels must be a LongTensor [n] or [n, k] with n={n}, got {tuple(self.labels.shape)}"
             )
         if isinstance(self.answer_pos, torch.Tensor):
             if self.answer_pos.shape != self.labels.shape:
-                raise ValueError(
+                raise UserError(
                     f"answer_pos shape {tuple(self.answer_pos.shape)} must equal "
                     f"labels shape {tuple(self.labels.shape)}"
                 )
             if self.answer_pos.numel() and (
                 int(self.answer_pos.min()) < 0 or int(self.answer_pos.max()) >= L
             ):
-                raise ValueError(f"answer_pos must lie in [0, {L})")
+                raise UserError(f"answer_pos must lie in [0, {L})")
         else:
             if self.labels.dim() != 1:
-                raise ValueError("an int answer_pos needs labels of shape [n]")
+                raise UserError("an int answer_pos needs labels of shape [n]")
             if not 0 <= int(self.answer_pos) < L:
-                raise ValueError(f"answer_pos must lie in [0, {L}), got {self.answer_pos}")
+                raise UserError(f"answer_pos must lie in [0, {L}), got {self.answer_pos}")
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -143,7 +145,7 @@ class TaskBatch:
 
 def _split_index(splits: tuple[str, ...], split: str) -> int:
     if split not in splits:
-        raise ValueError(f"unknown split {split!r}; allowed splits: {', '.join(splits)}")
+        raise UserError(f"unknown split {split!r}; allowed splits: {', '.join(splits)}")
     return splits.index(split)
 
 
@@ -202,7 +204,7 @@ class Task(ABC):
         if change is None:
             change = self.changes[0]
         if change not in self.changes:
-            raise ValueError(f"unknown change {change!r} for {self.name}; allowed: {', '.join(self.changes)}")
+            raise UserError(f"unknown change {change!r} for {self.name}; allowed: {', '.join(self.changes)}")
         # each change draws from its own stream, so the default change keeps its pairs when others are added
         rng = self._rng(n, seed, split, stream=1 + self.changes.index(change))
         clean, corrupted, info = self._clean_corrupted(n, rng, split, change)
@@ -228,16 +230,16 @@ class Task(ABC):
 
     def _rng(self, n: int, seed: int, split: str, stream: int) -> np.random.Generator:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+            raise UserError(f"n must be a positive int, got {n!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            raise UserError(f"seed must be a non-negative int, got {seed!r}")
         s = _split_index(self.splits, split)
         return np.random.default_rng([int(seed), zlib.crc32(self.name.encode()), s, stream])
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise UserError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -246,20 +248,28 @@ def _long(x: np.ndarray) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- metrics
-def answer_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """Logits at the answer positions.
+def answer_logits(logits: torch.Tensor, batch) -> torch.Tensor:
+    """Logits at the answer positions: the one place the answer position is read from logits.
 
     Args:
         logits: ``[n, L, V]``.
-        batch: the batch the logits were computed on.
+        batch: a :class:`TaskBatch` (or any object with ``answer_positions()``), or the answer
+            positions themselves, ``LongTensor [n]`` or ``[n, k]``.
     Returns:
-        ``[n, k, V]`` (``k = 1`` for single-answer tasks).
+        ``[n, k, V]`` (``k = 1`` for single-answer tasks or positions ``[n]``).
     """
-    if logits.dim() != 3 or logits.shape[:2] != batch.tokens.shape:
-        raise ValueError(
-            f"logits must be [n, L, V] with [n, L] = {tuple(batch.tokens.shape)}, got {tuple(logits.shape)}"
-        )
-    pos = batch.answer_positions().to(logits.device)
+    if isinstance(batch, torch.Tensor):
+        pos = batch if batch.dim() == 2 else batch[:, None]
+    else:
+        if isinstance(batch, TaskBatch) and (logits.dim() != 3 or logits.shape[:2] != batch.tokens.shape):
+            raise UserError(
+                f"logits must be [n, L, V] with [n, L] = {tuple(batch.tokens.shape)}, got {tuple(logits.shape)}"
+            )
+        pos = batch.answer_positions()
+        pos = pos if pos.dim() == 2 else pos[:, None]
+    if logits.dim() != 3 or logits.shape[0] != pos.shape[0]:
+        raise UserError(f"logits must be [n, L, V] with n = {pos.shape[0]}, got {tuple(logits.shape)}")
+    pos = pos.to(logits.device)
     return logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
 
 

@@ -73,6 +73,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .base import Task, TaskBatch, _long
 
 SEQ_LEN = 8
@@ -134,7 +135,7 @@ class CompositeTask(Task):
 
     def __init__(self, symmetric: bool = False, format: str = "paper"):
         if format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+            raise UserError(f"format must be one of {FORMATS}, got {format!r}")
         self.symmetric = bool(symmetric)
         self.format = format
         self.name = "composite-symmetric" if self.symmetric else "composite"

@@ -78,6 +78,7 @@ import itertools
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .base import Task, TaskBatch, _long, _positive_int
 
 NUM_LO, NUM_HI = 20, 100  # train / test numbers (inclusive)
@@ -162,11 +163,11 @@ class InverseMatchingTask(Task):
         self.n_layers = _positive_int("n_layers", n_layers)
         self.reverse = bool(reverse)
         if format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+            raise UserError(f"format must be one of {FORMATS}, got {format!r}")
         if filler is not None and filler not in FILLERS:
-            raise ValueError(f"filler must be one of {FILLERS} (or None), got {filler!r}")
+            raise UserError(f"filler must be one of {FILLERS} (or None), got {filler!r}")
         if format == "paper" and filler == "special":
-            raise ValueError("filler='special' needs format='special-tokens': in the paper format every "
+            raise UserError("filler='special' needs format='special-tokens': in the paper format every "
                              "token is a number (fillers are numbers of the split's range)")
         self.format = format
         self.filler = filler or ("numbers" if format == "paper" else "special")

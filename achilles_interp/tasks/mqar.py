@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .base import Task, TaskBatch, _long, _positive_int
 
 
@@ -71,7 +72,7 @@ class MQARTask(Task):
         self.num_values = _positive_int("num_values", num_values, minimum=2)
         self.num_pairs = _positive_int("num_pairs", num_pairs)
         if self.num_pairs > min(self.num_keys, self.num_values - 1):
-            raise ValueError(
+            raise UserError(
                 f"num_pairs must be <= num_keys ({self.num_keys}) and "
                 f"<= num_values - 1 ({self.num_values - 1}), got {num_pairs}"
             )
@@ -79,7 +80,7 @@ class MQARTask(Task):
             self.num_pairs if num_queries is None else _positive_int("num_queries", num_queries)
         )
         if self.num_queries > self.num_pairs:
-            raise ValueError(f"num_queries must be in 1..num_pairs ({self.num_pairs}), got {num_queries}")
+            raise UserError(f"num_queries must be in 1..num_pairs ({self.num_pairs}), got {num_queries}")
         self.key_offset = 1
         self.value_offset = 1 + self.num_keys
         min_vocab = 1 + self.num_keys + self.num_values

@@ -132,8 +132,9 @@ def paper_claims(mixers: Sequence[str] = ("mamba2",)) -> list[Claim]:
             Claim(f"Standard Mamba ({mx}) fits inverse matching's training set but stays at chance on its test set.",
                   "paper", {"train": _m(INV, "mamba", mx, "train"), "test": std},
                   (Cond("train", ">=", SOLVES), Cond("test", "<=", NEAR_CHANCE))),
-            Claim(f"The failure is specific to reversal: standard Mamba ({mx}) learns the forward-matching control.",
-                  "our reading", {"forward": _m(FWD, "mamba", mx), "inverse": std, "train": _m(FWD, "mamba", mx, "train")},
+            Claim(f"The failure is specific to reversal: standard Mamba ({mx}) learns the forward-matching "
+                  "control.", "our reading",
+                  {"forward": _m(FWD, "mamba", mx), "inverse": std, "train": _m(FWD, "mamba", mx, "train")},
                   (Cond("forward", ">=", SOLVES), Cond("inverse", "<=", NEAR_CHANCE)), (not_learned,)),
             Claim(f"Conv bypass + positional encoding fixes Mamba ({mx}) on inverse matching.", "paper",
                   {"fix": fix, "standard": std}, (Cond("fix", ">=", SOLVES), Cond("fix", ">=", "standard", FIX_MARGIN)),
@@ -148,7 +149,8 @@ def paper_claims(mixers: Sequence[str] = ("mamba2",)) -> list[Claim]:
                   {"noconv": noconv, "standard": std}, (Cond("noconv", ">", "standard", HELPS),), (fails,)),
             Claim(f"The Transformer and the fixed Mamba ({mx}) generalise above chance to OOD numbers (~0.55 and "
                   "~0.6 in the paper).", "paper",
-                  {"transformer ood": _m(INV, "transformer", None, "ood"), "fix ood": _m(INV, "mamba-bypass-pe", mx, "ood")},
+                  {"transformer ood": _m(INV, "transformer", None, "ood"),
+                   "fix ood": _m(INV, "mamba-bypass-pe", mx, "ood")},
                   (Cond("transformer ood", ">=", NEAR_CHANCE), Cond("fix ood", ">=", NEAR_CHANCE))),
         ]
         c5, o5 = _m(COMP, "mamba", mx, "test", COMPOSITIONAL, n_layers=5, init_gamma=1.0), \

@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..errors import UserError
 from ..outputs import save_figure, write_json, write_text
 from ..tasks import Task
 from .presets import Preset
@@ -193,7 +194,7 @@ def compare(
     from tqdm.auto import tqdm
 
     if not models or not seeds:
-        raise ValueError("compare needs at least one model and one seed")
+        raise UserError("compare needs at least one model and one seed")
     out_dir = Path(out_dir)
     pairs = grid(models, mixers)
     runs = []
@@ -201,7 +202,7 @@ def compare(
     if finished_only:
         runs = [r for r in (finished_run(out_dir, m, x, sd) for m, x, sd in jobs) if r is not None]
         if not runs:
-            raise ValueError(f"no finished runs under {out_dir} for {task}")
+            raise UserError(f"no finished runs under {out_dir} for {task}")
         jobs = []
     for model, mixer, seed in tqdm(jobs, desc="compare", disable=not progress, unit="run"):
         runs.append(

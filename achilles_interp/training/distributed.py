@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, TextIO, Union
 
+from ..errors import UserError
 from .paper_grid import RunSpec
 from .presets import PRESETS, Preset
 
@@ -233,7 +234,7 @@ def local_cluster(gpus: Optional[Sequence[Union[int, str]]] = None, runs_per_gpu
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     if runs_per_gpu < 1:
-        raise ValueError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
+        raise UserError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
     env = _thread_env(threads)
     # the nanny exports pre-spawn-environ before starting the worker process (OpenMP reads its
     # thread count once, at start-up); allowed-failures is read by the scheduler when it starts
@@ -246,7 +247,7 @@ def local_cluster(gpus: Optional[Sequence[Union[int, str]]] = None, runs_per_gpu
         if not gpus:
             n = n_workers if n_workers is not None else max(1, usable_cpus() // max(1, threads))
             if n < 1:
-                raise ValueError(f"n_workers must be >= 1, got {n}")
+                raise UserError(f"n_workers must be >= 1, got {n}")
             return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, resources={RUN_RESOURCE: 1},
                                 env=env, memory_limit=memory_limit, scheduler_kwargs=dash,
                                 dashboard_address=dashboard_address)
@@ -371,7 +372,7 @@ def run_specs(
         if gpus is None:
             gpus = [] if device == "cpu" else visible_gpus()
         if device is not None and str(device).startswith("cuda") and not gpus:
-            raise ValueError(f"device={device!r} but no GPU is visible; use device='cpu'")
+            raise UserError(f"device={device!r} but no GPU is visible; use device='cpu'")
         device = device or ("cuda" if gpus else "cpu")
         cluster = local_cluster(list(gpus), runs_per_gpu, n_workers, threads, retries, dashboard_address)
         client = Client(cluster)
@@ -386,7 +387,7 @@ def run_specs(
         if resource is not None and cluster is None:
             n = _workers_without_resource(client, resource)
             if n is not None:
-                raise ValueError(
+                raise UserError(
                     f"none of the {n} workers of {where} declares the resource {resource!r}: start them with "
                     f"`--resources {resource}=1` (one per run slot), or pass resource=None (then `--nthreads 1`)")
         dash = f", dashboard {client.dashboard_link}" if cluster is not None and dashboard_address else ""

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import UserError
 from .compare import variant_label
 from .trainer import METRICS_FILE, STATE_FILE, train
 
@@ -160,7 +161,7 @@ def paper_cells(mixers: Sequence[str] = ("mamba2",), tasks: Sequence[str] = GRID
                 cells += [Cell(task, "mamba", mixer, 2, 0.5, task_format),
                           Cell(task, "mamba-ones", mixer, 2, 0.5, task_format)]
         else:
-            raise ValueError(f"no grid cells for task {task!r}; allowed: {', '.join(GRID_TASKS)}")
+            raise UserError(f"no grid cells for task {task!r}; allowed: {', '.join(GRID_TASKS)}")
     return cells
 
 

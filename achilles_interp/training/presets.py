@@ -55,6 +55,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class TaskSettings:
@@ -218,5 +220,5 @@ def get_preset(name: Optional[str], device: Optional[str] = None) -> Preset:
     if name is None or name == "auto":
         name = default_preset_name(device)
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)} (or 'auto')")
+        raise UserError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)} (or 'auto')")
     return PRESETS[name]

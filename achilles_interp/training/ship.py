@@ -1,28 +1,26 @@
-"""Train the checkpoints shipped in ``achilles_interp/checkpoints/``.
+"""Ship checkpoints in ``achilles_interp/checkpoints/`` from finished runs of the paper grid.
 
-    python -m achilles_interp.training.ship [--threads 1]
+    python -m achilles_interp.training.ship --runs-dir runs/paper --seed 0
 
-Three inverse-sequence-matching models, trained with the ``"ship"`` preset, seed 0, on the CPU
-(measured on a 2-core machine with 1 torch thread per run: about 8 minutes per Mamba-2 model,
-2.5 minutes for the Transformer; Mamba-2 mixer because the Mamba-1 PyTorch reference scan is
-far slower on a CPU):
+The default study of ``achilles-interp patch`` compares a model that fails inverse matching with
+models that solve it, all at the paper's scale (``paper`` preset, 200 epochs, trained on a GPU by
+``achilles-interp reproduce``; each is about 1.2 MB in fp32):
 
-* ``mamba2-inverse``: standard Mamba-2 (the model the paper reports failing);
-* ``mamba2-bypass-pe-inverse``: Mamba-2 with conv bypass + learned positional embedding (the fix);
-* ``transformer-inverse``: the Transformer baseline.
+* ``mamba2-inverse``: standard Mamba-2 (fails: test accuracy at chance);
+* ``mamba2-pe-inverse``: Mamba-2 with a learned positional embedding (PE alone; solves it);
+* ``mamba2-bypass-pe-inverse``: conv bypass + PE, the paper's fix;
+* ``transformer-inverse``: the paper's Transformer baseline.
 
-``achilles_interp/checkpoints/README.md`` (rewritten after every run, ``--index-only`` to redo
-it) tabulates their accuracies and sizes from the PROVENANCE files.
-
-Each folder holds ``config.json`` + ``model.safetensors`` (load with
-:func:`achilles_interp.zoo.load_default`) and ``PROVENANCE.json`` (command, seed, preset, git
-commit, device, elapsed time, the training history and final per-split accuracies).
-The full runs (with ``train_state.pt``) are kept under ``--runs-dir``.
+A name whose run has not finished is skipped (and said so). Each folder holds ``config.json`` +
+``model.safetensors`` (load with :func:`achilles_interp.zoo.load_default`) and ``PROVENANCE.json``
+(the run's description, history, final per-split accuracies and provenance: command, git commit,
+device, time). ``achilles_interp/checkpoints/README.md`` is rewritten from the PROVENANCE files.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -30,62 +28,46 @@ from typing import Optional, Sequence
 
 from ..outputs import atomic_write, write_json, write_text
 from ..zoo import checkpoints_dir
-from .trainer import train
+from .paper_grid import Cell, RunSpec
 
-# checkpoint name -> (task, variant, mixer)
+# checkpoint name -> the grid cell it is taken from
 SHIPPED = {
-    "mamba2-inverse": ("inverse-matching", "mamba", "mamba2"),
-    "mamba2-bypass-pe-inverse": ("inverse-matching", "mamba-bypass-pe", "mamba2"),
-    "transformer-inverse": ("inverse-matching", "transformer", "mamba2"),
+    "mamba2-inverse": Cell("inverse-matching", "mamba", "mamba2"),
+    "mamba2-pe-inverse": Cell("inverse-matching", "mamba-pe", "mamba2"),
+    "mamba2-bypass-pe-inverse": Cell("inverse-matching", "mamba-bypass-pe", "mamba2"),
+    "transformer-inverse": Cell("inverse-matching", "transformer", None),
 }
 
 
-def ship_one(
-    name: str,
-    runs_dir: Path,
-    dest_root: Path,
-    preset: str = "ship",
-    seed: int = 0,
-    epochs: Optional[int] = None,
-    progress: bool = True,
-    command: Optional[str] = None,
-    threads: Optional[int] = None,
-) -> dict:
-    """Train checkpoint ``name`` (resuming its run if interrupted) and copy it into ``dest_root/name``."""
-    task, variant, mixer = SHIPPED[name]
-    run_dir = runs_dir / name
-    resume = (run_dir / "train_state.pt").is_file()
-    metrics = train(
-        task,
-        variant,
-        run_dir,
-        preset=preset,
-        seed=seed,
-        device="cpu",
-        epochs=epochs,
-        mixer=mixer,
-        resume=resume,
-        progress=progress,
-        command=command,
-        threads=threads,
-    )
+def ship_one(name: str, runs_dir: Path, dest_root: Path, seed: int = 0, preset: str = "paper",
+             command: Optional[str] = None) -> Optional[dict]:
+    """Copy the finished run of checkpoint ``name`` (seed ``seed``) into ``dest_root/name``; None
+    when that run has not finished."""
+    spec = RunSpec(SHIPPED[name], seed, preset)
+    metrics = spec.metrics(runs_dir)
+    run_dir = spec.run_dir(runs_dir)
+    if not metrics or not metrics.get("complete") or not (run_dir / "model.safetensors").is_file():
+        return None
     dest = dest_root / name
     dest.mkdir(parents=True, exist_ok=True)
     for fname in ("config.json", "model.safetensors"):
         atomic_write(dest / fname, lambda f, src=run_dir / fname: shutil.copyfile(src, f))
+    run = metrics["run"]
     prov = {
         "name": name,
-        "task": task,
-        "variant": variant,
-        "mixer": metrics["run"]["mixer"],
+        "task": run["task"],
+        "task_repr": run.get("task_repr"),
+        "variant": run["model"],
+        "mixer": run["mixer"],
         "command": command,
+        "source_run": str(run_dir),
         "seed": seed,
-        "preset": metrics["run"]["preset"],
+        "preset": run["preset"],
         "final_accuracy": metrics["final"]["accuracy"],
         "final_loss": metrics["final"]["loss"],
         "final_extra": metrics["final"]["extra"],
         "history": metrics["history"],
-        "run": metrics["run"],
+        "run": run,
         "provenance": metrics["provenance"],
         "size_bytes": {f: (dest / f).stat().st_size for f in ("config.json", "model.safetensors")},
     }
@@ -97,8 +79,6 @@ def ship_one(
 
 def write_index(dest_root: Path) -> Path:
     """(Re)write ``dest_root/README.md``: one table row per shipped checkpoint, from its PROVENANCE.json."""
-    import json
-
     rows = [
         "# Shipped checkpoints",
         "",
@@ -133,41 +113,25 @@ def write_index(dest_root: Path) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m achilles_interp.training.ship",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = argparse.ArgumentParser(prog="python -m achilles_interp.training.ship", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--names", nargs="+", default=list(SHIPPED), choices=list(SHIPPED))
-    ap.add_argument("--preset", default="ship")
+    ap.add_argument("--runs-dir", default="runs/paper", help="the paper grid's runs (achilles-interp reproduce)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--runs-dir", default="runs/ship")
+    ap.add_argument("--preset", default="paper")
     ap.add_argument("--dest", default=None, help="default: the package's checkpoints folder")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
-    ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--index-only", action="store_true", help="only rewrite the checkpoints' README.md")
     args = ap.parse_args(argv)
-    command = "python -m achilles_interp.training.ship " + " ".join(
-        sys.argv[1:] if argv is None else list(argv)
-    )
+    command = "python -m achilles_interp.training.ship " + " ".join(sys.argv[1:] if argv is None else list(argv))
     dest_root = Path(args.dest) if args.dest else checkpoints_dir()
     if not args.index_only:
         for name in args.names:
-            prov = ship_one(
-                name,
-                Path(args.runs_dir),
-                dest_root,
-                args.preset,
-                args.seed,
-                args.epochs,
-                not args.no_progress,
-                command.strip(),
-                args.threads,
-            )
+            prov = ship_one(name, Path(args.runs_dir), dest_root, args.seed, args.preset, command.strip())
+            if prov is None:
+                print(f"{name}: no finished run of seed {args.seed} under {args.runs_dir}; skipped", flush=True)
+                continue
             acc = ", ".join(f"{s} {a:.3f}" for s, a in prov["final_accuracy"].items())
-            size = sum(prov["size_bytes"].values()) / 1024
-            print(f"{name}: {acc}; {size:.0f} KiB; {prov['provenance']['elapsed_s']:.0f} s", flush=True)
+            print(f"{name}: {acc}; {sum(prov['size_bytes'].values()) / 1024:.0f} KiB", flush=True)
     if dest_root.is_dir():
         print(f"index: {write_index(dest_root)}")
     return 0

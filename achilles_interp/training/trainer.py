@@ -34,6 +34,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..outputs import atomic_write, write_json
 from ..tasks import Task, TaskBatch, get_task, task_loss
 from ..tasks.base import answer_logits
@@ -103,12 +104,12 @@ def resolve_task(task: Union[str, Task], n_layers: int, task_format: Optional[st
     and composite tasks)."""
     if isinstance(task, Task):
         if task_format is not None and getattr(task, "format", None) != task_format:
-            raise ValueError(f"task_format={task_format!r} disagrees with the given task {task!r}")
+            raise UserError(f"task_format={task_format!r} disagrees with the given task {task!r}")
         return task
     kwargs = {}
     if task_format is not None:
         if task not in FORMAT_TASKS:
-            raise ValueError(f"task {task!r} has no format option; only {', '.join(FORMAT_TASKS)} do")
+            raise UserError(f"task {task!r} has no format option; only {', '.join(FORMAT_TASKS)} do")
         kwargs["format"] = task_format
     if task in MATCHING_TASKS:
         kwargs["n_layers"] = n_layers
@@ -263,15 +264,15 @@ def train(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but no CUDA GPU is visible; use --device cpu")
+        raise UserError(f"device={device!r} requested but no CUDA GPU is visible; use --device cpu")
     dev = torch.device(device)
     use_graph = dev.type == "cuda" if cuda_graph is None else bool(cuda_graph)
     if use_graph and dev.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs device='cuda', got device={device!r}")
+        raise UserError(f"cuda_graph=True needs device='cuda', got device={device!r}")
     p = preset if isinstance(preset, Preset) else get_preset(preset, str(dev))
     check_seeds(seed, "seed")
     if mixer not in ("mamba1", "mamba2"):
-        raise ValueError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
+        raise UserError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
     n_epochs = p.epochs if epochs is None else epochs
     warmup = p.warmup_epochs * n_epochs / p.epochs
     mkw = p.model_kwargs(model_name, mixer, task if isinstance(task, str) else task.name)
@@ -324,14 +325,14 @@ def train(
     state_path = out_dir / STATE_FILE
     if resume:
         if not state_path.is_file():
-            raise ValueError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
+            raise UserError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
         # Loaded on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict copies
         # weights and optimiser moments onto the parameters' device.
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         keys = ("task", "task_repr", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
         diff = [k for k in keys if _resume_key(st["run"].get(k)) != _resume_key(run.get(k))]
         if diff:
-            raise ValueError(
+            raise UserError(
                 f"--resume: the run in {out_dir} differs in {diff} "
                 f"(saved {[st['run'].get(k) for k in diff]}, now {[run.get(k) for k in diff]})"
             )
@@ -344,7 +345,7 @@ def train(
         np.random.set_state(st["rng"]["numpy"])
         torch.set_rng_state(st["rng"]["torch"])
     elif state_path.exists():
-        raise ValueError(
+        raise UserError(
             f"{out_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) "
             "or choose another output directory"
         )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence, Union
 
+from ..errors import UserError
+
 # Settings that must be positive: integers >= 1, except the real-valued init exponent.
 POSITIVE_INT = ("epochs", "n_train", "n_eval", "batch_size", "threads", "d_model", "n_layers")
 POSITIVE_REAL = ("init_gamma",)
@@ -44,7 +46,7 @@ def positive_settings(values: Mapping[str, Any], as_flags: bool = True) -> dict:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
             allowed = "a finite number > 0"
         if not ok:
-            raise ValueError(f"{flag_name(name) if as_flags else name} must be positive ({allowed}), got {v!r}")
+            raise UserError(f"{flag_name(name) if as_flags else name} must be positive ({allowed}), got {v!r}")
         out[name] = v
     return out
 
@@ -58,8 +60,8 @@ def check_seeds(seeds: Union[int, Sequence[int]], name: str = "--seeds") -> None
     :class:`ValueError`, e.g. ``--seeds must be >= 0, got [-1]``."""
     values = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
     if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-        raise ValueError(f"{name} must be an integer >= 0, got {seeds!r}")
+        raise UserError(f"{name} must be an integer >= 0, got {seeds!r}")
     if any(v < 0 for v in values):
-        raise ValueError(f"{name} must be >= 0, got {seeds}")
+        raise UserError(f"{name} must be >= 0, got {seeds}")
     if len(set(values)) != len(values):
-        raise ValueError(f"{name} has duplicates: {seeds}")
+        raise UserError(f"{name} has duplicates: {seeds}")
