@@ -106,6 +106,11 @@ class MambaConfig(SerialisableConfig):
     ``dt_min``/``dt_max``/``dt_init_floor`` (dt initialisation, in units of the discretisation
     step), ``dt_limit`` (Mamba-2 clamp on dt), ``norm_before_gate`` (Mamba-2 gated norm order),
     ``chunk_size`` (Mamba-2 kernel chunk length, tokens), ``residual_in_fp32``.
+
+    Pretrained families:
+        bcdt_norm: Falcon-Mamba (``FalconMambaForCausalLM``): a weightless RMSNorm on the low-rank
+            dt (before ``dt_proj``), on B and on C, each over its last dim (Mamba-1 only).
+        bcdt_norm_eps: the epsilon of those three norms (Falcon-Mamba's ``mixer_rms_eps``).
     """
 
     d_model: int
@@ -137,8 +142,11 @@ class MambaConfig(SerialisableConfig):
     norm_before_gate: bool = False
     chunk_size: int = 256
     residual_in_fp32: bool = True
+    bcdt_norm: bool = False
+    bcdt_norm_eps: float = 1e-6
     extra: dict = field(default_factory=dict)
     FORMAT: ClassVar[str] = "achilles-interp"
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("init_fan", "bcdt_norm", "bcdt_norm_eps")
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "vocab_size", "d_state", "d_conv", "expand", "headdim",
@@ -161,6 +169,10 @@ class MambaConfig(SerialisableConfig):
         self.dt_limit = tuple(float(v) for v in self.dt_limit)
         if len(self.dt_limit) != 2 or not self.dt_limit[0] <= self.dt_limit[1]:
             raise ConfigError(f"MambaConfig.dt_limit must be (low, high) with low <= high, got {self.dt_limit!r}")
+        if self.bcdt_norm and self.mixer != "mamba1":
+            raise ConfigError("MambaConfig.bcdt_norm (Falcon-Mamba's norms on dt, B and C) needs mixer='mamba1'")
+        if not (isinstance(self.bcdt_norm_eps, (int, float)) and self.bcdt_norm_eps > 0):
+            raise ConfigError(f"MambaConfig.bcdt_norm_eps must be a positive number, got {self.bcdt_norm_eps!r}")
         if self.mixer == "mamba2":
             if self.d_inner % self.headdim:
                 raise ConfigError(

@@ -1,30 +1,52 @@
-"""Load and save HookedMamba checkpoints from local directories.
+"""Load and save HookedMamba checkpoints: local directories, or Hugging Face Hub repo ids resolved
+to a folder of the Hub cache by :mod:`achilles_interp.hub`.
 
-Three on-disk formats are understood:
+The on-disk formats understood (:data:`SUPPORTED` is the one-line list errors print):
 
 * **achilles-interp** (what :func:`save_pretrained` writes): ``config.json`` holding a
   ``MambaConfig`` (``"format": "achilles-interp"``) + ``model.safetensors``.
 * **mamba_ssm** (``state-spaces/mamba-*`` checkpoints): ``config.json`` with ``d_model``,
   ``n_layer``, ``ssm_cfg`` ... + ``pytorch_model.bin``; parameter names already match ours.
-* **Hugging Face** ``MambaForCausalLM`` / ``Mamba2ForCausalLM``: ``config.json`` with
-  ``model_type`` ``"mamba"`` / ``"mamba2"`` + ``model.safetensors`` (or sharded, or
-  ``pytorch_model.bin``); ``backbone.embeddings`` is renamed to ``backbone.embedding``.
+* **Hugging Face** ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM``:
+  ``config.json`` with ``model_type`` ``"mamba"`` / ``"mamba2"`` / ``"falcon_mamba"`` +
+  ``model.safetensors`` (or sharded, or ``pytorch_model.bin``); ``backbone.embeddings`` is renamed
+  to ``backbone.embedding``. Falcon-Mamba sets ``MambaConfig.bcdt_norm`` (its weightless norms on
+  dt, B and C); Mamba-Codestral's HF form is a ``Mamba2ForCausalLM`` (8 groups, untied head).
+* **Mistral** (``mistral_inference``, Mamba-Codestral's original form): ``params.json`` (``dim``,
+  ``n_layers``, ``n_groups``, ...; a ``mamba_ssm`` Mamba-2 with its defaults) +
+  ``consolidated.safetensors`` in ``mamba_ssm``'s names.
 
-No network access is ever attempted: ``path`` must be a local directory.
+A local directory is never looked up online; a Hub repo id goes through ``huggingface_hub``, offline
+when ``HF_HUB_OFFLINE`` is set (see :mod:`achilles_interp.hub`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from . import hub
 from .config import ConfigError, MambaConfig
 from .errors import UserError
 from .outputs import atomic_write
+
+SUPPORTED = ("achilles-interp; mamba_ssm (state-spaces/mamba-*, state-spaces/mamba2-*); Hugging Face "
+             "MambaForCausalLM (state-spaces/mamba-*-hf), Mamba2ForCausalLM (incl. Mamba-Codestral), "
+             "FalconMambaForCausalLM; Mistral params.json (Mamba-Codestral)")
+HF_MODEL_TYPES = {"mamba": "hf-mamba", "mamba2": "hf-mamba2", "falcon_mamba": "hf-falcon_mamba"}
+# The tokenizer state-spaces' mamba_ssm checkpoints were trained with (their repos hold none).
+STATE_SPACES_TOKENIZER = "EleutherAI/gpt-neox-20b"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float64": torch.float64,
+           "fp64": torch.float64, "double": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+# Parameters mamba_ssm keeps in fp32 in a half-precision model (its modules create them without the
+# factory dtype); loading in bf16/fp16 keeps them so too.
+FP32_PARAMS = ("A_log", "D", "dt_bias")
 
 
 class CheckpointError(UserError):
@@ -34,20 +56,26 @@ class CheckpointError(UserError):
 # ---------------------------------------------------------------------------------------------
 # config translation
 # ---------------------------------------------------------------------------------------------
-def detect_format(raw: dict) -> str:
+def detect_format(raw: dict, source: str = "config.json") -> str:
+    """``"achilles-interp"``, ``"mamba_ssm"``, ``"mistral"`` or ``"hf-<model_type>"``; else a one-line
+    :class:`CheckpointError` naming the architecture found and the supported ones."""
     if raw.get("format") == "achilles-interp":
         return "achilles-interp"
-    if raw.get("model_type") in ("mamba", "mamba2"):
-        return "hf-" + raw["model_type"]
+    if {"dim", "n_layers", "n_groups"} <= set(raw) and raw.get("model_type", "mamba") == "mamba":
+        return "mistral"
+    if raw.get("model_type") in HF_MODEL_TYPES:
+        return HF_MODEL_TYPES[raw["model_type"]]
     if "d_model" in raw and "n_layer" in raw:
         return "mamba_ssm"
-    raise CheckpointError(
-        "config.json is in no known format: expected an achilles-interp config (\"format\": "
-        "\"achilles-interp\"), a mamba_ssm config (d_model, n_layer, ssm_cfg) or a Hugging Face "
-        f"config (model_type 'mamba' or 'mamba2'); found keys {sorted(raw)[:12]}")
+    arch = raw.get("architectures") or raw.get("model_type")
+    if arch:
+        arch = ", ".join(arch) if isinstance(arch, list) else str(arch)
+        raise CheckpointError(f"unsupported architecture {arch} (model_type {raw.get('model_type')!r}) in {source}; "
+                              f"supported: {SUPPORTED}")
+    raise CheckpointError(f"{source} is in no known format (found keys {sorted(raw)[:12]}); supported: {SUPPORTED}")
 
 
-def config_from_mamba_ssm(raw: dict) -> MambaConfig:
+def config_from_mamba_ssm(raw: dict, **overrides) -> MambaConfig:
     ssm = dict(raw.get("ssm_cfg") or {})
     if raw.get("d_intermediate", 0):
         raise CheckpointError(f"unsupported mamba_ssm config: d_intermediate={raw['d_intermediate']} "
@@ -77,10 +105,20 @@ def config_from_mamba_ssm(raw: dict) -> MambaConfig:
         raise CheckpointError("unsupported mamba_ssm Mamba2 config: rmsnorm=False")
     if ssm.get("d_ssm") not in (None, kw["d_model"] * kw.get("expand", 2)):
         raise CheckpointError(f"unsupported mamba_ssm Mamba2 config: d_ssm={ssm['d_ssm']} (partial SSM)")
-    return MambaConfig(**kw)
+    return MambaConfig(**{**kw, **overrides})
 
 
-def config_from_hf(raw: dict) -> MambaConfig:
+def config_from_mistral(raw: dict, **overrides) -> MambaConfig:
+    """Mistral's ``params.json`` (``MambaArgs``): a ``mamba_ssm`` Mamba-2 with ``ngroups = n_groups``."""
+    ssm_like = {"d_model": raw["dim"], "n_layer": raw["n_layers"], "vocab_size": raw["vocab_size"],
+                "ssm_cfg": {"layer": "Mamba2", "ngroups": raw["n_groups"]},
+                "rms_norm": raw.get("rms_norm", True), "residual_in_fp32": raw.get("residual_in_fp32", True),
+                "pad_vocab_size_multiple": raw.get("pad_vocab_size_multiple", 1),
+                "tie_embeddings": raw.get("tie_embeddings", False)}
+    return config_from_mamba_ssm(ssm_like, **overrides)
+
+
+def config_from_hf(raw: dict, **overrides) -> MambaConfig:
     mixer = "mamba2" if raw["model_type"] == "mamba2" else "mamba1"
     d_model = raw["hidden_size"]
     expand = raw.get("expand", 2)
@@ -100,6 +138,8 @@ def config_from_hf(raw: dict) -> MambaConfig:
                          ("time_step_floor", "dt_init_floor")):
             if src in raw:
                 kw[dst] = raw[src]
+        if raw["model_type"] == "falcon_mamba":
+            kw.update(bcdt_norm=True, bcdt_norm_eps=raw.get("mixer_rms_eps", 1e-6))
     else:
         heads, headdim = raw.get("num_heads"), raw.get("head_dim", 64)
         if heads is not None and heads * headdim != expand * d_model:
@@ -111,7 +151,7 @@ def config_from_hf(raw: dict) -> MambaConfig:
             raise CheckpointError("unsupported Mamba2 config: rms_norm=False")
         limit = raw.get("time_step_limit", (0.0, float("inf")))
         kw["dt_limit"] = tuple(_json_float(v) for v in limit)
-    return MambaConfig(**kw)
+    return MambaConfig(**{**kw, **overrides})
 
 
 def _json_float(v: Any) -> float:
@@ -121,8 +161,12 @@ def _json_float(v: Any) -> float:
     return float(v)
 
 
-def read_config(path: Path) -> tuple[MambaConfig, str]:
+def read_config(path: Path, **overrides) -> tuple[MambaConfig, str]:
+    """The model config of a checkpoint folder and its format; ``overrides`` replace fields before the
+    config is checked (so they may also make a config this package would refuse fit, e.g. sizes)."""
     cfg_file = path / "config.json"
+    if not cfg_file.is_file() and (path / "params.json").is_file():
+        cfg_file = path / "params.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"no config.json in {path}; a checkpoint directory holds config.json "
                               "and model.safetensors (or pytorch_model.bin)")
@@ -130,25 +174,36 @@ def read_config(path: Path) -> tuple[MambaConfig, str]:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
-    fmt = detect_format(raw)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_file} is not a JSON object")
+    fmt = detect_format(raw, str(cfg_file))
     try:
         if fmt == "achilles-interp":
-            return MambaConfig.from_dict(raw), fmt
+            return MambaConfig.from_dict({**raw, **overrides}), fmt
         if fmt == "mamba_ssm":
-            return config_from_mamba_ssm(raw), fmt
-        return config_from_hf(raw), fmt
+            return config_from_mamba_ssm(raw, **overrides), fmt
+        if fmt == "mistral":
+            return config_from_mistral(raw, **overrides), fmt
+        return config_from_hf(raw, **overrides), fmt
     except (ConfigError, KeyError, TypeError) as e:
         what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        if overrides and not isinstance(e, KeyError):
+            what += f" (overrides {overrides})"
         raise CheckpointError(f"cannot build a model from {cfg_file} ({fmt} format): {what}") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # weights
 # ---------------------------------------------------------------------------------------------
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint, from safetensors (single or sharded) or pytorch_model.bin.
+def read_weights(path: Path, fmt: str = "") -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint, from safetensors (single or sharded) or pytorch_model.bin
+    (Mistral's ``consolidated.safetensors`` for that format).
 
     A truncated or corrupt weights file raises :class:`CheckpointError` naming the file."""
+    if fmt == "mistral":
+        if not (path / "consolidated.safetensors").is_file():
+            raise CheckpointError(f"no weights in {path}: a params.json checkpoint holds consolidated.safetensors")
+        return _read_file(path / "consolidated.safetensors")
     single = path / "model.safetensors"
     index = path / "model.safetensors.index.json"
     binary = path / "pytorch_model.bin"
@@ -185,8 +240,15 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
 
 
 def to_our_names(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+    """Checkpoint names -> ours (``mamba_ssm``'s). HF: ``backbone.embeddings`` -> ``backbone.embedding``
+    (Falcon-Mamba's weightless-norm buffers, if saved, are dropped); Mistral: a ``model.`` prefix, if
+    every key has one, is dropped."""
     if fmt.startswith("hf-"):
-        return {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in state.items()}
+        return {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in state.items()
+                if not (fmt == "hf-falcon_mamba" and k.endswith(("dt_layernorm.weight", "b_layernorm.weight",
+                                                                  "c_layernorm.weight")))}
+    if fmt == "mistral" and state and all(k.startswith("model.") for k in state):
+        return {k[len("model."):]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -219,42 +281,126 @@ def check_state(model, state: dict[str, torch.Tensor], source: str) -> None:
                               + "; ".join(problems))
 
 
-def load_pretrained(path, backend: str = "auto", device=None, dtype: Optional[torch.dtype] = None,
-                    **overrides):
-    """Build a HookedMamba from a local checkpoint directory (see module docstring).
+def resolve_dtype(dtype) -> Optional[torch.dtype]:
+    """None, a ``torch.dtype``, or its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ...)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise CheckpointError(f"dtype must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def to_dtype(model, dtype: torch.dtype):
+    """``model.to(dtype)``; in half precision ``A_log``, ``D`` and ``dt_bias`` stay fp32, as
+    ``mamba_ssm`` keeps them (their full-precision values, not a round trip through the half type)."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return model.to(dtype)
+    keep = {n: p.detach().float().clone() for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in FP32_PARAMS}
+    model = model.to(dtype)
+    params = dict(model.named_parameters())
+    for name, value in keep.items():
+        params[name].data = value.to(params[name].device)
+    return model
+
+
+def load_pretrained(name_or_path, backend: str = "auto", device=None, dtype=None, revision: Optional[str] = None,
+                    cache_dir=None, tokenizer="auto", local_files_only: Optional[bool] = None, **overrides):
+    """Build a HookedMamba from a checkpoint directory or a Hub repo id (see module docstring and
+    :meth:`HookedMamba.from_pretrained`).
 
     ``overrides`` replace config fields (e.g. ``conv_mode``), useful for ablated variants;
     the weights must still fit.
     """
     from .model import HookedMamba
 
-    path = Path(path)
+    dtype = resolve_dtype(dtype)
+    try:
+        path, repo_id = hub.resolve(name_or_path, revision, cache_dir, local_files_only)
+    except hub.HubError as e:
+        raise CheckpointError(str(e)) from None
     if not path.exists():
-        raise CheckpointError(f"checkpoint directory {path} does not exist (only local directories are "
-                              "supported; nothing is downloaded)")
+        raise CheckpointError(f"checkpoint directory {path} does not exist (a local directory, or a Hub repo id "
+                              "such as state-spaces/mamba-130m)")
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file; from_pretrained takes a checkpoint directory")
-    cfg, fmt = read_config(path)
-    if overrides:
-        try:
-            cfg = cfg.replace(**overrides)
-        except (TypeError, ConfigError) as e:
-            raise CheckpointError(f"bad override for {path}: {e}") from None
-    state = to_our_names(read_weights(path), fmt)
+    cfg, fmt = read_config(path, **overrides)
+    state = to_our_names(read_weights(path, fmt), fmt)
     with torch.device("meta"):
         model = HookedMamba(cfg, backend="torch")
     _pad_vocab(state, cfg.padded_vocab_size)
     check_state(model, state, str(path))
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
-    model = HookedMamba(cfg, backend="torch")
-    model.load_state_dict(state, strict=True)
-    if dtype is not None:
-        model = model.to(dtype)
+    model = _materialise(model, cfg, state, dtype or torch.float32)
+    del state
     if device is not None:
         model = model.to(device)
     model.backend = backend
+    tok, hint = load_tokenizer(tokenizer, path, repo_id, fmt, cache_dir, local_files_only)
+    model.set_tokenizer(tok)
+    model.tokenizer_hint = hint
     return model
+
+
+def _materialise(meta_model, cfg: MambaConfig, state: dict, dtype: torch.dtype):
+    """The model with the checkpoint's tensors (cast to ``dtype``; :data:`FP32_PARAMS` stay fp32 in half
+    precision) as its parameters: no random init and no fp32 copy of a half-precision checkpoint,
+    so a 7B model loads in about its own size of memory."""
+    from .model import HookedMamba
+
+    half = dtype in (torch.bfloat16, torch.float16)
+    cast = {k: v.to(torch.float32 if half and k.rsplit(".", 1)[-1] in FP32_PARAMS else dtype)
+            for k, v in state.items()}
+    meta_model.load_state_dict(cast, strict=True, assign=True)
+    if cfg.tie_embeddings:
+        meta_model.lm_head.weight = meta_model.backbone.embedding.weight
+    if any(t.is_meta for t in [*meta_model.parameters(), *meta_model.buffers()]):
+        # a buffer no checkpoint holds (the sinusoidal table): build the model normally instead
+        model = HookedMamba(cfg, backend="torch")
+        model.load_state_dict(cast, strict=True)
+        return to_dtype(model, dtype) if dtype != torch.float32 else model
+    return meta_model
+
+
+def load_tokenizer(spec, folder: Path, repo_id: Optional[str], fmt: str, cache_dir=None,
+                   local_files_only: Optional[bool] = None):
+    """(tokenizer or None, why there is none). ``spec``: ``"auto"`` (the checkpoint folder's own;
+    for a ``state-spaces`` ``mamba_ssm`` repo, which holds none, EleutherAI/gpt-neox-20b's through
+    the Hub cache), a tokenizer object, a repo id or folder to load one from, or None."""
+    if spec is None or spec is False:
+        return None, "from_pretrained(..., tokenizer=None)"
+    if not (isinstance(spec, (str, os.PathLike))):
+        return spec, None
+    if spec == "auto":
+        if hub.has_tokenizer(folder):
+            return _auto_tokenizer(folder), None
+        if fmt == "mamba_ssm" and repo_id is not None and repo_id.startswith("state-spaces/"):
+            try:
+                tfolder, _ = hub.resolve(STATE_SPACES_TOKENIZER, None, cache_dir, local_files_only, weights=False)
+                return _auto_tokenizer(tfolder), None
+            except (hub.HubError, CheckpointError) as e:
+                return None, (f"{repo_id} holds no tokenizer and {STATE_SPACES_TOKENIZER}'s, which it was "
+                              f"trained with, could not be loaded: {e}")
+        return None, f"{folder} holds no tokenizer files"
+    try:
+        tfolder, _ = hub.resolve(spec, None, cache_dir, local_files_only, weights=False)
+    except hub.HubError as e:
+        raise CheckpointError(str(e)) from None
+    return _auto_tokenizer(tfolder), None
+
+
+def _auto_tokenizer(folder: Path):
+    """``AutoTokenizer.from_pretrained`` on a local folder, offline; CheckpointError naming it on failure."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise CheckpointError(f"loading the tokenizer in {folder} needs transformers: {e}") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:
+        line = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(e).__name__}: {line} "
+                              "(pass tokenizer=None to load the model without one)") from None
 
 
 def save_pretrained(model, path) -> None:

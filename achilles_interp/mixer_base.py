@@ -16,12 +16,14 @@ from .config import MambaConfig
 from .errors import UserError
 from .nnsight_support import waiting_on
 from .ops import TORCH_OPS, TorchOps
-from .reference_ops import StatePositions, accum_dtype, normalize_positions
+from .reference_ops import StatePositions, accum_dtype, conv_state_from, normalize_positions
 
 # (t0, t1, h0=None, positions=None, inject=None) -> (y [batch, t1-t0, ...], states or None, last)
 ScanFn = Callable[..., tuple]
 # (h [batch, *state], t) -> y_t [batch, ...]
 EmitFn = Callable[[torch.Tensor, int], torch.Tensor]
+# h [batch, *state] -> (y_t [batch, ...], h' [batch, *state])
+StepFn = Callable[[torch.Tensor], tuple]
 
 
 def module_hooked(module: nn.Module) -> bool:
@@ -93,14 +95,24 @@ class HookedMixerBase(nn.Module):
             if self.conv1d.bias is not None:
                 self.conv1d.bias.requires_grad_(False)
 
-    def conv_stage(self, pre: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:
+    def conv_stage(self, pre: torch.Tensor, ops: TorchOps = TORCH_OPS, cache=None) -> torch.Tensor:
         """pre ``[batch, pos, channels]`` -> SSM input ``[batch, pos, channels]``.
 
         Fires ``hook_conv_out`` (conv output before the activation; the identity when
         ``conv_mode="none"``) and ``hook_conv_act`` (SiLU(conv), plus ``pre`` when
-        ``conv_mode="bypass"``).
+        ``conv_mode="bypass"``). With ``cache`` (a :class:`~achilles_interp.generation.LayerState`)
+        a first call (a prompt) also keeps the conv state, and later calls (one token each) run
+        the conv one step from it.
         """
-        conv_out = pre if self.conv1d is None else ops.conv(pre, self.conv1d.weight, self.conv1d.bias)
+        if self.conv1d is None:
+            conv_out = pre
+        elif stepping(cache):
+            out, cache.conv = ops.conv_step(pre[:, 0], cache.conv, self.conv1d.weight, self.conv1d.bias)
+            conv_out = out[:, None]
+        else:
+            conv_out = ops.conv(pre, self.conv1d.weight, self.conv1d.bias)
+            if cache is not None:
+                cache.conv = conv_state_from(pre, self.cfg.d_conv)
         conv_out = self.hook_conv_out(conv_out)
         act = F.silu(conv_out)
         if self.cfg.conv_mode == "bypass":
@@ -127,7 +139,7 @@ class HookedMixerBase(nn.Module):
         return normalize_positions(state_positions, L, device)
 
     def scan_with_state_hook(self, scan: ScanFn, emit: EmitFn, L: int, state_positions: StatePositions,
-                             device: torch.device) -> torch.Tensor:
+                             device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Run the scan, fire ``hook_ssm_state`` and propagate any edits through the recurrence.
 
         Args:
@@ -137,7 +149,8 @@ class HookedMixerBase(nn.Module):
             emit: ``(h, t) -> y_t``: the output at token t for a given state (C_t . h + D u_t).
             L: sequence length; state_positions: None, "all" or positions (see :meth:`state_positions`).
         Returns:
-            y ``[batch, pos, ...]``.
+            y ``[batch, pos, ...]`` and the state after the last token, edits included (None where a
+            kernel does not return it), from which generation carries on.
 
         Edit semantics, per batch row: positions whose state the hook changed (compared
         element-wise with what it received) take the hook's value as h_t; y_t and every later
@@ -150,8 +163,9 @@ class HookedMixerBase(nn.Module):
         """
         positions = self.state_positions(state_positions, L, device)
         if positions is None:
-            return scan(0, L)[0]
-        y, states, _ = scan(0, L, positions=positions)
+            y, _, last = scan(0, L)
+            return y, last
+        y, states, last = scan(0, L, positions=positions)
         hp = self.hook_ssm_state
         backward = bool(hp._backward_hooks or hp._backward_pre_hooks)
         if backward:
@@ -162,9 +176,9 @@ class HookedMixerBase(nn.Module):
         edited = hp(states)
         if backward:
             # same value as y; its graph runs through the hooked states (and, once, the inputs)
-            y = scan(0, L, inject=(positions, edited - edited.detach()))[0]
+            y, _, last = scan(0, L, inject=(positions, edited - edited.detach()))
         if edited is states and states._version == version:
-            return y  # the hooks only read the states (caching): nothing to propagate
+            return y, last  # the hooks only read the states (caching): nothing to propagate
         # Something was edited. Compare with the states as computed (recomputed if the hook
         # wrote into the tensor it was given) to find the edited positions.
         original = states if states._version == version else scan(0, L, positions=positions)[1]
@@ -172,7 +186,7 @@ class HookedMixerBase(nn.Module):
         pos = positions.tolist()
         cols = sorted(changed.any(0).nonzero().flatten().tolist(), key=pos.__getitem__)  # in time order
         if not cols:
-            return y
+            return y, last
         parts = [y[:, : pos[cols[0]]]]
         h_prop = original[:, cols[0]]        # the state the recurrence brings to the first edit
         for k, i in enumerate(cols):
@@ -186,19 +200,53 @@ class HookedMixerBase(nn.Module):
                 if nxt > t + 1:
                     parts.append(y_seg[:, :-1])
             elif t + 1 < L:
-                parts.append(scan(t + 1, L, h_t)[0])
-        return torch.cat(parts, dim=1)
+                y_seg, _, last = scan(t + 1, L, h_t)
+                parts.append(y_seg)
+            else:
+                last = h_t
+        return torch.cat(parts, dim=1), last
+
+    def step_with_state_hook(self, step: StepFn, emit: EmitFn, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token of the recurrence from state ``h``, firing ``hook_ssm_state`` (``[batch, 1, *state]``)
+        when anything observes it; an edit becomes the state carried on, and y is recomputed from it
+        (so an edit during generation propagates exactly as in :meth:`scan_with_state_hook`).
+
+        Args:
+            step: ``h -> (y_t [batch, ...], h')`` (an ops-layer step on the mixer's inputs).
+            emit: ``(h, 0) -> y_t`` as in :meth:`scan_with_state_hook`, on the one-token inputs.
+        Returns:
+            (y_t ``[batch, ...]``, the new state).
+        """
+        y, h_new = step(h)
+        if not module_hooked(self.hook_ssm_state):
+            return y, h_new
+        states = h_new[:, None]
+        version = states._version
+        edited = self.hook_ssm_state(states)
+        if edited is states and states._version == version:
+            return y, h_new
+        h_new = edited[:, 0].to(h_new.dtype)
+        return emit(h_new, 0), h_new
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+def stepping(cache) -> bool:
+    """Whether a mixer given ``cache`` (a :class:`~achilles_interp.generation.LayerState` or None)
+    runs one token from carried states (True) or a whole sequence (False; a prompt fills the cache)."""
+    return cache is not None and cache.ssm is not None
+
+
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float,
              group_size: Optional[int] = None) -> torch.Tensor:
     """RMSNorm over the last dim (or over groups of ``group_size`` channels), fp32 math.
 
-    x ``[..., d]``, weight ``[d]`` -> ``[..., d]`` in x's dtype.
+    x ``[..., d]``, weight ``[d]`` (or None: no weight, as Falcon-Mamba's dt/B/C norms) -> ``[..., d]``
+    in x's dtype.
     """
     xf = x.to(accum_dtype(x))
     d = x.shape[-1]
+    w = None if weight is None else weight.to(xf.dtype)
     if group_size is not None and group_size != d:
         normed = F.rms_norm(xf.reshape(*x.shape[:-1], d // group_size, group_size), (group_size,), eps=eps)
-        return (normed.reshape(x.shape) * weight.to(xf.dtype)).to(x.dtype)
-    return F.rms_norm(xf, (d,), weight.to(xf.dtype), eps).to(x.dtype)
+        normed = normed.reshape(x.shape)
+        return (normed if w is None else normed * w).to(x.dtype)
+    return F.rms_norm(xf, (d,), w, eps).to(x.dtype)

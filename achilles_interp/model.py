@@ -21,9 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
 
+from . import generation
 from . import ops as ops_layer
 from .config import MambaConfig
 from .errors import UserError
+from .generation import InferenceState
 from .initialisation import paper_std
 from .inputs import InputError, validate_tokens
 from .mamba1 import HookedMamba1Mixer
@@ -80,10 +82,11 @@ class MambaBlock(nn.Module):
         self.hook_resid_post = HookPoint()
 
     def forward(self, resid: torch.Tensor, state_positions: StatePositions = None,
-                ops: TorchOps = TORCH_OPS) -> torch.Tensor:
-        """resid ``[batch, pos, d_model]`` -> ``[batch, pos, d_model]``."""
+                ops: TorchOps = TORCH_OPS, cache=None) -> torch.Tensor:
+        """resid ``[batch, pos, d_model]`` -> ``[batch, pos, d_model]``; ``cache``: this layer's
+        :class:`~achilles_interp.generation.LayerState` when generating."""
         resid = self.hook_resid_pre(resid)
-        out = self.mixer(self.norm(resid), state_positions, ops)
+        out = self.mixer(self.norm(resid), state_positions, ops, cache)
         return self.hook_resid_post(resid + out.to(resid.dtype))
 
 
@@ -120,6 +123,10 @@ class HookedMamba(HookedRootModule):
     ``forward(tokens [batch, pos], return_type="logits", ssm_state_positions=None)`` returns
     logits ``[batch, pos, vocab]``. ``ssm_state_positions`` (None, ``"all"`` or a list of
     positions) makes every layer's ``hook_ssm_state`` fire with the states at those positions.
+
+    Text (TransformerLens-style, with ``model.tokenizer``): ``forward`` / ``run_with_cache`` /
+    ``run_with_hooks`` take strings too; ``to_tokens``, ``to_string``, ``to_str_tokens``,
+    ``to_single_token``, ``set_tokenizer``; ``generate`` (:mod:`achilles_interp.generation`).
     """
 
     def __init__(self, cfg: MambaConfig, backend: str = "auto"):
@@ -134,6 +141,9 @@ class HookedMamba(HookedRootModule):
         if cfg.pos_embed is not None:
             self.hook_pos_embed = HookPoint()
         self.hook_resid_final = HookPoint()
+        self.tokenizer = None
+        self.tokenizer_hint: Optional[str] = None
+        self.default_prepend_bos = False
         self._init_weights()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
@@ -192,36 +202,45 @@ class HookedMamba(HookedRootModule):
         return ops_layer.resolve_backend(self._backend, self.backbone.embedding.weight.device)
 
     # ---- forward -------------------------------------------------------------------------
-    def _check_tokens(self, tokens) -> torch.Tensor:
+    def _check_tokens(self, tokens, offset: int = 0) -> torch.Tensor:
         cfg = self.cfg
         return validate_tokens(tokens, cfg.padded_vocab_size, self.backbone.embedding.weight.device,
-                               cfg.max_len if cfg.pos_embed is not None else None)
+                               cfg.max_len - offset if cfg.pos_embed is not None else None)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens ``[batch, pos]`` -> residual stream ``[batch, pos, d_model]`` (fp32 if residual_in_fp32)."""
+    def embed(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """tokens ``[batch, pos]`` -> residual stream ``[batch, pos, d_model]`` (fp32 if residual_in_fp32);
+        ``offset``: the position of the first token (generation)."""
         resid = self.hook_embed(self.backbone.embedding(tokens))
         if self.cfg.pos_embed is not None:
             L = tokens.shape[1]
             if self.cfg.pos_embed == "learned":
-                pos = self.backbone.pos_embedding.weight[:L]
+                pos = self.backbone.pos_embedding.weight[offset : offset + L]
             else:
-                pos = self.backbone.pos_table[:L].to(resid.dtype)
+                pos = self.backbone.pos_table[offset : offset + L].to(resid.dtype)
             resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], L, -1))
         if self.cfg.residual_in_fp32 and resid.dtype in (torch.float16, torch.bfloat16):
             resid = resid.float()
         return resid
 
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Final norm and ``lm_head``: residual ``[batch, pos, d_model]`` -> logits ``[batch, pos, vocab]``."""
+        final = self.hook_resid_final(self.backbone.norm_f(resid).to(self.lm_head.weight.dtype))
+        return self.lm_head(final)[..., : self.cfg.vocab_size]
+
     def forward(
         self,
-        tokens: torch.Tensor,
+        tokens: Union[torch.Tensor, str, list],
         return_type: Optional[str] = "logits",
         ssm_state_positions: StatePositions = None,
         stop_at_layer: Optional[int] = None,
+        inference_state: Optional[InferenceState] = None,
+        prepend_bos: Optional[bool] = None,
     ) -> Union[torch.Tensor, tuple, None]:
         """Run the model.
 
         Args:
-            tokens: ``[batch, pos]`` token ids (a 1-D tensor is treated as batch 1).
+            tokens: ``[batch, pos]`` token ids (a 1-D tensor is treated as batch 1), or a string /
+                list of strings (tokenised with ``model.to_tokens(..., prepend_bos)``).
             return_type: ``"logits"`` ``[batch, pos, vocab]``, ``"loss"`` (mean next-token
                 cross-entropy), ``"both"`` (logits, loss) or None.
             ssm_state_positions: None, ``"all"`` or a list of distinct integer positions (negatives
@@ -229,19 +248,77 @@ class HookedMamba(HookedRootModule):
                 at those positions in the order given, in every layer.
             stop_at_layer: if given, run only blocks ``[0, stop_at_layer)`` and return the
                 residual stream ``[batch, pos, d_model]``.
+            inference_state: an :class:`~achilles_interp.generation.InferenceState`: empty, the
+                tokens are a prompt (full forward) and the state after them is kept in it; filled,
+                the tokens continue it, one recurrent step per token. The logits are those of the
+                full forward over everything seen, at these tokens' positions.
         """
         check_return_type(return_type)
-        tokens = self._check_tokens(tokens)
-        positions = normalize_positions(ssm_state_positions, tokens.shape[1], tokens.device)
+        if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)):
+            tokens = self.to_tokens(tokens, prepend_bos=prepend_bos)
+        offset = 0 if inference_state is None else inference_state.position
+        tokens = self._check_tokens(tokens, offset)
         ops = ops_layer.get_ops(self.resolved_backend())
+        if inference_state is not None:
+            if ssm_state_positions is not None or stop_at_layer is not None:
+                raise InputError("inference_state cannot be combined with ssm_state_positions or stop_at_layer")
+            return model_output(self._forward_recurrent(tokens, inference_state, ops), tokens, return_type)
+        positions = normalize_positions(ssm_state_positions, tokens.shape[1], tokens.device)
         resid = self.embed(tokens)
         layers = self.backbone.layers if stop_at_layer is None else self.backbone.layers[:stop_at_layer]
         for block in layers:
             resid = block(resid, positions, ops)
         if stop_at_layer is not None:
             return resid
-        final = self.hook_resid_final(self.backbone.norm_f(resid).to(self.lm_head.weight.dtype))
-        return model_output(self.lm_head(final)[..., : self.cfg.vocab_size], tokens, return_type)
+        return model_output(self.unembed(resid), tokens, return_type)
+
+    def _forward_recurrent(self, tokens: torch.Tensor, state: InferenceState, ops: TorchOps) -> torch.Tensor:
+        """Logits of ``tokens`` continuing ``state``: the prompt as one full forward, later tokens
+        one recurrent step each."""
+        prompt = state.begin(self.cfg.n_layers, tokens.shape[0])
+        logits = []
+        for chunk in ([tokens] if prompt else tokens.split(1, dim=1)):
+            resid = self.embed(chunk, offset=state.position)
+            for block, cache in zip(self.backbone.layers, state.layers):
+                resid = block(resid, None, ops, cache)
+            logits.append(self.unembed(resid))
+            state.position += chunk.shape[1]
+        return torch.cat(logits, dim=1)
+
+    # ---- text ----------------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer, default_prepend_bos: Optional[bool] = None) -> None:
+        """Use ``tokenizer`` (a Hugging Face tokenizer) for text in and out of this model."""
+        if tokenizer is not None and not callable(getattr(tokenizer, "encode", None)):
+            raise UserError(f"set_tokenizer needs a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        self.tokenizer = tokenizer
+        if default_prepend_bos is not None:
+            self.default_prepend_bos = bool(default_prepend_bos)
+
+    def to_tokens(self, input, prepend_bos: Optional[bool] = None, padding_side: str = "right",
+                  move_to_device: bool = True) -> torch.Tensor:
+        """Text -> ``LongTensor [batch, pos]`` (see :func:`achilles_interp.generation.to_tokens`)."""
+        return generation.to_tokens(self, input, prepend_bos, padding_side, move_to_device)
+
+    def to_string(self, tokens):
+        """Token ids ``[pos]`` -> str, ``[batch, pos]`` -> list of str."""
+        return generation.to_string(self, tokens)
+
+    def to_str_tokens(self, input, prepend_bos: Optional[bool] = None) -> list:
+        """Text or ids -> one string per token."""
+        return generation.to_str_tokens(self, input, prepend_bos)
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token."""
+        return generation.to_single_token(self, string)
+
+    def generate(self, input="", max_new_tokens: int = 10, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop_at_eos: bool = True, eos_token_id: Optional[int] = None, prepend_bos: Optional[bool] = None,
+                 return_type: str = "input", verbose: bool = False):
+        """Greedy (default) or sampled continuation on the recurrent path; see
+        :func:`achilles_interp.generation.generate`."""
+        return generation.generate(self, input, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                   stop_at_eos, eos_token_id, prepend_bos, return_type, verbose)
 
     # ---- TransformerLens conveniences -----------------------------------------------------
     def hook_point(self, name: str) -> HookPoint:
@@ -288,11 +365,24 @@ class HookedMamba(HookedRootModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
-    def from_pretrained(cls, path, backend: str = "auto", device=None, dtype=None, **overrides) -> "HookedMamba":
-        """Load a local checkpoint directory (achilles-interp, ``mamba_ssm`` or HF format)."""
+    def from_pretrained(cls, name_or_path, backend: str = "auto", device=None, dtype=None, *,
+                        revision: Optional[str] = None, cache_dir=None, tokenizer="auto",
+                        local_files_only: Optional[bool] = None, **overrides) -> "HookedMamba":
+        """Load a checkpoint: a local directory, or a Hugging Face Hub repo id resolved through
+        ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``revision``; see :mod:`achilles_interp.hub`).
+
+        Formats: achilles-interp, ``mamba_ssm`` (``state-spaces/mamba-*``, ``state-spaces/mamba2-*``),
+        Hugging Face ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM``, and
+        Mistral's ``params.json`` + ``consolidated.safetensors`` (Mamba-Codestral). ``tokenizer``:
+        ``"auto"`` (the checkpoint's own, loaded offline from its folder, if it has one), a tokenizer,
+        a repo id / folder to load one from, or None. ``dtype`` (a ``torch.dtype`` or its name) and
+        ``device`` are applied after loading; ``overrides`` replace config fields.
+        """
         from .loading import load_pretrained
 
-        return load_pretrained(path, backend=backend, device=device, dtype=dtype, **overrides)
+        return load_pretrained(name_or_path, backend=backend, device=device, dtype=dtype, revision=revision,
+                               cache_dir=cache_dir, tokenizer=tokenizer, local_files_only=local_files_only,
+                               **overrides)
 
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` + ``model.safetensors`` (achilles-interp format) into ``path``."""

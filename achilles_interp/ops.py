@@ -19,6 +19,15 @@ Interface::
     can_fuse(mixer, state_positions) / fused(mixer, hidden)             the whole mixer as one kernel
     normalize_positions(state_positions, L, device)     the one rule for state positions
 
+One token at a time (generation; the recurrence the scans compute, with the states carried)::
+
+    conv_step(x, conv_state, weight, bias)              -> (out, conv_state')
+    selective_step(h, u, dt, A, B, C, D)                Mamba-1 -> (y, h')
+    ssd_step(h, x, dt, A, B, C, D)                      Mamba-2 -> (y, h')
+
+A step never changes the state it is given (the CUDA kernels update a copy in place), so a state
+held by a hook or an activation cache stays as it was.
+
 ``positions`` (states to return, in that order) and ``inject`` (an additive state edit, see
 :func:`achilles_interp.reference_ops.chunked_scan`) are optional; ``states`` is None without
 positions, and ``last`` (the final state) may be None on the kernel path when no ``h0`` or
@@ -40,11 +49,14 @@ from .reference_ops import (
     DEFAULT_CHUNK,
     StatePositions,
     causal_conv1d_ref,
+    causal_conv1d_step_ref,
     needs_grad,
     normalize_positions,
     selective_scan_ref,
+    selective_step_ref,
     ssd_chunked_ref,
     ssd_scan_ref,
+    ssd_step_ref,
 )
 
 __all__ = ["TorchOps", "CudaOps", "TORCH_OPS", "CUDA_OPS", "get_ops", "check_backend", "resolve_backend",
@@ -76,6 +88,21 @@ class TorchOps:
             return y, None, last
         return ssd_scan_ref(x, dt, A, B, C, D, h0=h0, state_positions=positions, inject=inject)
 
+    def conv_step(self, x, conv_state, weight, bias):
+        """One token of :meth:`conv`: x ``[batch, channels]``, conv_state ``[batch, channels, width]``
+        (the last ``width`` inputs) -> (out ``[batch, channels]``, the new conv state)."""
+        return causal_conv1d_step_ref(x, conv_state, weight, bias)
+
+    def selective_step(self, h, u, dt, A, B, C, D):
+        """One token of :meth:`selective_scan` from state h -> (y, h'); shapes as
+        :func:`~achilles_interp.reference_ops.selective_step_ref`."""
+        return selective_step_ref(h, u, dt, A, B, C, D)
+
+    def ssd_step(self, h, x, dt, A, B, C, D):
+        """One token of :meth:`ssd_scan` from state h -> (y, h'); shapes as
+        :func:`~achilles_interp.reference_ops.ssd_step_ref`."""
+        return ssd_step_ref(h, x, dt, A, B, C, D)
+
     def can_fuse(self, mixer, state_positions: StatePositions) -> bool:
         """Whether ``mixer`` may run as one fused kernel (never, on the reference)."""
         return False
@@ -96,7 +123,8 @@ class CudaOps(TorchOps):
         """``selective_scan_fn`` for a plain scan; the Triton kernel for states or a start state
         (inference only); the reference for edits and for gradients through states or h0."""
         if inject is None and h0 is None and positions is None:
-            return cuda_ops.selective_scan_cuda(u, dt, A, B, C, D), None, None
+            y, last = cuda_ops.selective_scan_cuda(u, dt, A, B, C, D)
+            return y, None, last
         if inject is None and not needs_grad(u, dt, A, B, C, D, h0):
             return cuda_ops.selective_scan_states_cuda(u, dt, A, B, C, D, h0=h0, positions=positions)
         return super().selective_scan(u, dt, A, B, C, D, h0, positions, inject)
@@ -115,11 +143,31 @@ class CudaOps(TorchOps):
                           state_positions=positions, backend="triton")
         return super().ssd_scan(x, dt, A, B, C, D, chunk_size, h0, positions, inject)
 
+    def conv_step(self, x, conv_state, weight, bias):
+        """``causal_conv1d_update`` on a copy of the state (float64 on the reference)."""
+        if x.dtype not in _KERNEL_DTYPES:
+            return super().conv_step(x, conv_state, weight, bias)
+        return cuda_ops.causal_conv1d_step_cuda(x, conv_state, weight, bias)
+
+    def selective_step(self, h, u, dt, A, B, C, D):
+        """``selective_state_update`` on a copy of the state; the reference for float64 and gradients."""
+        if u.dtype not in _KERNEL_DTYPES or needs_grad(h, u, dt, A, B, C, D):
+            return super().selective_step(h, u, dt, A, B, C, D)
+        return cuda_ops.selective_step_cuda(h, u, dt, A, B, C, D)
+
+    def ssd_step(self, h, x, dt, A, B, C, D):
+        """``selective_state_update`` (heads form) on a copy of the state; the reference for float64
+        and gradients."""
+        if x.dtype not in _KERNEL_DTYPES or needs_grad(h, x, dt, A, B, C, D):
+            return super().ssd_step(h, x, dt, A, B, C, D)
+        return cuda_ops.ssd_step_cuda(h, x, dt, A, B, C, D)
+
     def can_fuse(self, mixer, state_positions):
         """The fast path's one guard: no state asked for, the standard conv, and nothing observing
         any module inside the mixer (no hook of any kind and no nnsight trace could see inside the
         kernel)."""
-        return state_positions is None and mixer.cfg.conv_mode == "standard" and not mixer.any_hooks()
+        return (state_positions is None and mixer.cfg.conv_mode == "standard" and not mixer.cfg.bcdt_norm
+                and not mixer.any_hooks())
 
     def fused(self, mixer, hidden):
         """Mamba-1: ``mamba_inner_fn``; Mamba-2: ``mamba_split_conv1d_scan_combined`` (conv, scan,

@@ -407,3 +407,68 @@ def ssd_chunked_ref(
     y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, prev_states, torch.exp(A_cum))
     y = (y_diag + y_off).reshape(batch, nc * T, nheads, headdim)[:, :L]
     return _add_skip(y, x, None if D is None else D[:, None]), last
+
+
+# ---------------------------------------------------------------------------------------------
+# One token at a time: the recurrent form, for generation (conv state + SSM state carried)
+# ---------------------------------------------------------------------------------------------
+def conv_state_from(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The conv state after the tokens of ``x [batch, pos, channels]``: ``[batch, channels, width]``,
+    the last ``width`` inputs, oldest first, zero-padded on the left when ``pos < width`` (the layout
+    of ``mamba_ssm``'s inference cache and ``causal_conv1d_update``)."""
+    tail = x[:, -width:].transpose(1, 2)
+    return F.pad(tail, (width - tail.shape[-1], 0)).contiguous()
+
+
+def causal_conv1d_step_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                           bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of :func:`causal_conv1d_ref`.
+
+    Args:
+        x: ``[batch, channels]`` the new token's input.
+        conv_state: ``[batch, channels, width]`` the previous ``width`` inputs (see :func:`conv_state_from`).
+        weight, bias: as :func:`causal_conv1d_ref`.
+    Returns:
+        (out ``[batch, channels]``, the new conv state ``[batch, channels, width]``; the input is not changed).
+    """
+    channels = x.shape[-1]
+    w = weight.reshape(channels, -1)
+    state = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1)
+    out = (state.to(x.dtype) * w.to(x.dtype)).sum(-1)
+    if bias is not None:
+        out = out + bias.to(x.dtype)
+    return out, state
+
+
+def selective_step_ref(h: torch.Tensor, u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                       C: torch.Tensor, D: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of :func:`selective_scan_ref`: h' = exp(dt A) h + dt B u, y = C . h' + D u.
+
+    h ``[batch, d_inner, d_state]``; u, dt ``[batch, d_inner]``; A ``[d_inner, d_state]``;
+    B, C ``[batch, d_state]``; D ``[d_inner]``. Returns (y ``[batch, d_inner]`` in u's dtype,
+    h' in the accumulation dtype).
+    """
+    f = accum_dtype(u)
+    u_, dt_ = u.to(f), dt.to(f)[..., None]
+    h = torch.exp(dt_ * A.to(f)) * h.to(f) + dt_ * B.to(f)[:, None, :] * u_[..., None]
+    y = torch.einsum("bdn,bn->bd", h, C.to(f))
+    return _add_skip(y, u, D), h
+
+
+def ssd_step_ref(h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                 C: torch.Tensor, D: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of :func:`ssd_scan_ref`.
+
+    h ``[batch, nheads, headdim, d_state]``; x ``[batch, nheads, headdim]``; dt ``[batch, nheads]``;
+    A, D ``[nheads]``; B, C ``[batch, ngroups, d_state]``. Returns (y ``[batch, nheads, headdim]``
+    in x's dtype, h' in the accumulation dtype).
+    """
+    nheads = x.shape[1]
+    f = accum_dtype(x)
+    x_, dt_ = x.to(f), dt.to(f)
+    Bh = B.to(f).repeat_interleave(nheads // B.shape[1], dim=1)          # [b, h, n]
+    Ch = C.to(f).repeat_interleave(nheads // C.shape[1], dim=1)
+    decay = torch.exp(dt_ * A.to(f))[..., None, None]                    # [b, h, 1, 1]
+    h = decay * h.to(f) + (dt_[..., None] * x_)[..., None] * Bh[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", h, Ch)
+    return _add_skip(y, x, None if D is None else D[:, None]), h

@@ -62,3 +62,39 @@ def test_mamba2_logits_match_hf(tmp_path, n_groups):
         out_states = ours(tokens, ssm_state_positions="all")  # the recurrence path, not the SSD one
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out_states, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_falcon_mamba_logits_match_hf(tmp_path):
+    """FalconMambaForCausalLM: weightless RMSNorms on dt, B and C (MambaConfig.bcdt_norm)."""
+    cfg = transformers.FalconMambaConfig(vocab_size=71, hidden_size=48, state_size=8, num_hidden_layers=2,
+                                         expand=2, conv_kernel=4, time_step_rank=5, mixer_rms_eps=1e-6,
+                                         tie_word_embeddings=False)
+    ours, hf = _ours_and_hf(transformers.FalconMambaForCausalLM, cfg, tmp_path, 3)
+    assert ours.cfg.bcdt_norm
+    tokens = torch.randint(0, 71, (2, 31))
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        torch.testing.assert_close(ours(tokens), ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(tokens, ssm_state_positions="all"), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2", "falcon_mamba"])
+def test_greedy_generation_matches_hf_generate(tmp_path, family):
+    """Our recurrent path against HF's own cache path: the same greedy continuation."""
+    if family == "mamba":
+        cls, cfg = transformers.MambaForCausalLM, transformers.MambaConfig(
+            vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, time_step_rank=4)
+    elif family == "mamba2":
+        cls, cfg = transformers.Mamba2ForCausalLM, transformers.Mamba2Config(
+            vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, head_dim=8, num_heads=8, n_groups=2,
+            chunk_size=8)
+    else:
+        cls, cfg = transformers.FalconMambaForCausalLM, transformers.FalconMambaConfig(
+            vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, time_step_rank=4)
+    ours, hf = _ours_and_hf(cls, cfg, tmp_path, 4)
+    prompt = torch.randint(1, 61, (2, 7))
+    with torch.no_grad():
+        ref = hf.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0,
+                          attention_mask=torch.ones_like(prompt))
+    out = ours.generate(prompt, max_new_tokens=6, stop_at_eos=False)
+    assert torch.equal(out, ref)

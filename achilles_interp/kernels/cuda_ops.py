@@ -23,8 +23,9 @@ class KernelUnavailable(RuntimeError):
 @functools.lru_cache(maxsize=None)
 def _modules() -> dict:
     try:
-        from causal_conv1d import causal_conv1d_fn
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
         from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         from mamba_ssm.ops.triton.ssd_combined import (
             mamba_chunk_scan_combined,
             mamba_split_conv1d_scan_combined,
@@ -37,6 +38,8 @@ def _modules() -> dict:
         ) from e
     return dict(
         causal_conv1d_fn=causal_conv1d_fn,
+        causal_conv1d_update=causal_conv1d_update,
+        selective_state_update=selective_state_update,
         selective_scan_fn=selective_scan_fn,
         mamba_inner_fn=mamba_inner_fn,
         mamba_chunk_scan_combined=mamba_chunk_scan_combined,
@@ -60,28 +63,74 @@ def kernel(name: str):
     return _modules()[name]
 
 
+def _conv_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[channels, width]``; causal-conv1d takes weights in fp32 or in the input's dtype."""
+    w = weight.reshape(weight.shape[0], -1)
+    return w if w.dtype in (torch.float32, dtype) else w.to(dtype)
+
+
 def causal_conv1d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``causal_conv1d_fn`` without activation. x ``[batch, pos, channels]`` -> same shape."""
-    w = weight.reshape(weight.shape[0], -1)
-    # causal-conv1d takes weights in fp32 or in the input's dtype.
-    if w.dtype not in (torch.float32, x.dtype):
-        w = w.to(x.dtype)
+    w = _conv_weight(weight, x.dtype)
     out = kernel("causal_conv1d_fn")(x.transpose(1, 2).contiguous(), w, bias, activation=None)
     return out.transpose(1, 2)
+
+
+def causal_conv1d_step_cuda(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``causal_conv1d_update`` without activation, on a copy of the state.
+
+    x ``[batch, channels]``; conv_state ``[batch, channels, width]`` (the last ``width`` inputs).
+    Returns (out ``[batch, channels]``, the new conv state)."""
+    state = conv_state.to(x.dtype).clone()   # the kernel updates it in place
+    w = _conv_weight(weight, x.dtype)
+    out = kernel("causal_conv1d_update")(x.contiguous(), state, w, None if bias is None else bias.to(w.dtype),
+                                         activation=None)
+    return out, state
+
+
+def selective_step_cuda(h, u, dt, A, B, C, D):
+    """``selective_state_update`` with dt already positive (no softplus, no gate), on a copy of the state.
+
+    h ``[batch, d_inner, d_state]``; u, dt ``[batch, d_inner]``; A ``[d_inner, d_state]``; B, C
+    ``[batch, d_state]``; D ``[d_inner]``. Returns (y ``[batch, d_inner]``, h' fp32)."""
+    state = h.float().clone()
+    zero_bias = torch.zeros(u.shape[-1], device=u.device, dtype=torch.float32)
+    y = kernel("selective_state_update")(
+        state, u.contiguous(), dt.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(),
+        D=None if D is None else D.float(), z=None, dt_bias=zero_bias, dt_softplus=False)
+    return y, state
+
+
+def ssd_step_cuda(h, x, dt, A, B, C, D):
+    """``selective_state_update`` in its heads form (``mamba_ssm``'s ``Mamba2.step``), dt already
+    softplus-ed and clamped, on a copy of the state.
+
+    h ``[batch, nheads, headdim, d_state]``; x ``[batch, nheads, headdim]``; dt ``[batch, nheads]``;
+    A, D ``[nheads]``; B, C ``[batch, ngroups, d_state]``. Returns (y ``[batch, nheads, headdim]``, h' fp32)."""
+    H, P, N = h.shape[1:]
+    state = h.float().clone()
+    A_ = A.float()[:, None, None].expand(H, P, N)             # stride 0 over headdim: the kernel's tied path
+    dt_ = dt[:, :, None].expand(-1, H, P)
+    zero_bias = torch.zeros(H, device=x.device, dtype=torch.float32)[:, None].expand(H, P)
+    D_ = None if D is None else D.float()[:, None].expand(H, P)
+    y = kernel("selective_state_update")(state, x.contiguous(), dt_, A_, B.contiguous(), C.contiguous(), D=D_,
+                                         z=None, dt_bias=zero_bias, dt_softplus=False)
+    return y, state
 
 
 def selective_scan_cuda(u, dt, A, B, C, D):
     """``selective_scan_fn`` with dt already positive (no softplus, no gate).
 
     u, dt ``[batch, pos, d_inner]``; A ``[d_inner, d_state]``; B, C ``[batch, pos, d_state]``;
-    D ``[d_inner]``. Returns y ``[batch, pos, d_inner]``.
+    D ``[d_inner]``. Returns (y ``[batch, pos, d_inner]``, the last state ``[batch, d_inner, d_state]`` fp32).
     """
-    y = kernel("selective_scan_fn")(
+    y, last = kernel("selective_scan_fn")(
         u.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A.float().contiguous(),
         B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
-        None if D is None else D.float(), z=None, delta_bias=None, delta_softplus=False,
+        None if D is None else D.float(), z=None, delta_bias=None, delta_softplus=False, return_last_state=True,
     )
-    return y.transpose(1, 2)
+    return y.transpose(1, 2), last
 
 
 def ssd_scan_cuda(x, dt, A, B, C, D, h0, chunk_size: int):
