@@ -8,13 +8,25 @@ Core API::
     cache["blocks.0.mixer.hook_conv_out"]        # [batch, pos, d_inner]
 """
 
-from .config import ConfigError, MambaConfig
-from .loading import CheckpointError
-from .model import HookedMamba, InputError
-from .transformer import HookedTransformerBaseline, TransformerConfig
-from .zoo import build_model, checkpoints_dir, load_default, load_model
+import importlib
 
-__all__ = ["HookedMamba", "MambaConfig", "ConfigError", "CheckpointError", "InputError",
-           "HookedTransformerBaseline", "TransformerConfig", "build_model", "load_model", "load_default",
-           "checkpoints_dir"]
+# name -> module: imported on first use, so `achilles-interp --help` and the CLI's argument
+# parsing never import torch or transformer_lens (PEP 562)
+_EXPORTS = {
+    "MambaConfig": ".config", "ConfigError": ".config", "UserError": ".errors",
+    "CheckpointError": ".loading", "HookedMamba": ".model", "InputError": ".model",
+    "HookedTransformerBaseline": ".transformer", "TransformerConfig": ".transformer",
+    "build_model": ".zoo", "load_model": ".zoo", "load_default": ".zoo", "checkpoints_dir": ".zoo",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'achilles_interp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -53,6 +53,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:
+        # Ctrl-C: one line (train's says where it saved the state and how to resume), exit 130
+        print(f"achilles-interp {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`... | head`): stop quietly, as a Unix filter does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UserError as e:
         # what the user passed in was wrong (achilles_interp.errors.UserError: ConfigError,
         # CheckpointError, InputError, CLIError, bad task / preset / setting): one line, no traceback.

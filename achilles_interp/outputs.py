@@ -16,6 +16,34 @@ from typing import Any, Callable, Union
 PathLike = Union[str, os.PathLike]
 
 
+def check_output(path: PathLike, flag: str, kind: str = "dir") -> Path:
+    """Check, before any work, that ``path`` can be written as a ``kind`` (``"dir"`` or ``"file"``):
+    it is not the other kind already, and the nearest existing folder above it accepts a new file
+    (tried for real: permission bits say nothing about read-only filesystems). Creates nothing;
+    raises :class:`~achilles_interp.errors.UserError` naming ``flag``, what is wrong and what is
+    allowed."""
+    from .errors import UserError
+
+    path = Path(path)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is an existing file; give a folder (new or existing)")
+    if kind == "file" and path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    probe = path if kind == "dir" else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {path}: {probe} is a file, so nothing can be written below it")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".achilles-write-check.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write into {probe} ({e.strerror}); choose a writable location") \
+            from None
+    return path
+
+
 def atomic_write(target: PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``target``; on error remove it."""
     target = Path(target)

@@ -31,23 +31,7 @@ from .transformer import HookedTransformerBaseline, TransformerConfig
 
 Model = Union[HookedMamba, HookedTransformerBaseline]
 
-# name -> (description, MambaConfig overrides or None for the Transformer family)
-VARIANTS: dict[str, tuple[str, Optional[dict]]] = {
-    "transformer": ("causal Transformer baseline", None),
-    "transformer-conv": ("Transformer with a causal depthwise conv on Q/K/V", None),
-    "mamba": ("standard Mamba", {"conv_mode": "standard"}),
-    "mamba-noconv": ("Mamba without the conv", {"conv_mode": "none"}),
-    "mamba-bypass": ("Mamba with a residual bypass around the conv", {"conv_mode": "bypass"}),
-    "mamba-bypass-pe": (
-        "Mamba with conv bypass + positional encoding (the paper's fix)",
-        {"conv_mode": "bypass", "pos_embed": "PE"},
-    ),
-    "mamba-pe": ("standard Mamba + positional encoding", {"conv_mode": "standard", "pos_embed": "PE"}),
-    "mamba-ones": (
-        "Mamba with a frozen all-ones conv kernel",
-        {"conv_mode": "standard", "conv_kernel": "ones"},
-    ),
-}
+from .catalog import VARIANTS  # noqa: E402  (re-exported: the variant table lives in a torch-free module)
 
 
 def variant_name(cfg: Union[MambaConfig, TransformerConfig]) -> str:
@@ -163,19 +147,22 @@ def config_from_dict(raw: dict) -> Union[MambaConfig, TransformerConfig]:
 def load_model(path, device=None, backend: str = "auto", dtype: Optional[torch.dtype] = None) -> Model:
     """Load a checkpoint directory: a Transformer baseline if its ``config.json`` says
     ``"format": "achilles-interp-transformer"``, else a :class:`HookedMamba` (achilles-interp,
-    ``mamba_ssm`` or Hugging Face format)."""
+    ``mamba_ssm`` or Hugging Face format); a string that names no directory is read as a Hub id
+    (resolved by :mod:`achilles_interp.hub`, offline from the local cache where so configured)."""
     from .loading import CheckpointError
 
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if path.is_dir() and cfg_file.is_file():
+    local = Path(path)
+    cfg_file = local / "config.json"
+    if local.is_dir() and cfg_file.is_file():
         try:
             raw = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
         if isinstance(raw, dict) and raw.get("format") == TRANSFORMER_FORMAT:
-            return HookedTransformerBaseline.from_pretrained(path, device=device, dtype=dtype)
-    return HookedMamba.from_pretrained(path, backend=backend, device=device, dtype=dtype)
+            return HookedTransformerBaseline.from_pretrained(local, device=device, dtype=dtype)
+    # a directory, or (a string that is no directory) a Hugging Face Hub id such as "state-spaces/mamba-130m"
+    return HookedMamba.from_pretrained(local if local.is_dir() else str(path), backend=backend, device=device,
+                                       dtype=dtype)
 
 
 # ---- shipped checkpoints -------------------------------------------------------------------

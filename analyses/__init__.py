@@ -17,3 +17,9 @@
 ``toy_models``               hand-built conv-only / scan-only models with known answers
 ==========================  ==============================================================
 """
+
+if __name__ != "achilles_interp.analyses":  # e.g. `import analyses` from the repository root
+    raise ImportError(
+        "import this package as achilles_interp.analyses (it is installed under that name by `pip install -e .`); "
+        "importing it as a top-level `analyses` would create a second copy of every class it defines"
+    )

@@ -25,7 +25,7 @@ import torch
 from achilles_interp.errors import UserError
 
 from .components import DEFAULT_COMPONENTS, check_components, hook_name, n_layers
-from .metrics import PatchingData, check_metric, metric_per_example, normalised_effect
+from .metrics import PatchingData, check_metric, metric_per_example
 from .patching import Baselines, base_and_source, check_axis, check_direction
 from .results import GridResult
 
@@ -96,22 +96,9 @@ def attribution_patching(
             diff = (src[nm].float() - acts[nm].float()) * grads[nm].float()  # [n, L, ...]
             per_pos = diff.flatten(2).sum(-1).sum(0)  # [L]
             attr[ci, li] = per_pos[pos_idx].cpu()
-    values = base_b + attr
-    effect = normalised_effect(values, clean_b, corr_b, direction)
-    return GridResult(
-        values,
-        effect,
-        components,
-        layers,
-        positions,
-        metric,
-        direction,
-        "attribution",
-        clean_b,
-        corr_b,
-        token_labels,
-        model_name,
-    )
+    return GridResult.from_values(base_b + attr, clean_b, corr_b, components=components, layers=layers,
+                                  positions=positions, metric=metric, direction=direction, method="attribution",
+                                  token_labels=token_labels, model_name=model_name)
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:

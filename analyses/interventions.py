@@ -83,6 +83,15 @@ def _cache(model, tokens: torch.Tensor, names: Sequence[str]) -> dict:
     return cache
 
 
+def _hooks_from_run(model, sites, run_tokens: torch.Tensor, value) -> list:
+    """Hooks setting each site to ``value(its activation on run_tokens, site)``: one cached run
+    for every site."""
+    names = [s.name(model) for s in sites]
+    cache = _cache(model, run_tokens, names)
+    return [(nm, lambda act, hook, v=value(cache[nm], s), p=s.positions: set_at(act, p, v))
+            for s, nm in zip(sites, names)]
+
+
 class Intervention:
     """Base class: ``label`` and ``hooks(model, tokens) -> [(hook name, fn)]``."""
 
@@ -102,15 +111,13 @@ class Patch(Intervention):
     label: str = "patch"
 
     def hooks(self, model, tokens):
-        names = [s.name(model) for s in self.sites]
-        cache = _cache(model, self.source, names)
         reps = tokens.shape[0] // self.source.shape[0]
-        out = []
-        for s, nm in zip(self.sites, names):
-            v = cache[nm].repeat(reps, *([1] * (cache[nm].dim() - 1)))
-            v = v if s.positions is None else v[:, list(s.positions)]
-            out.append((nm, lambda act, hook, v=v, p=s.positions: set_at(act, p, v)))
-        return out
+
+        def value(cached, site):
+            v = cached.repeat(reps, *([1] * (cached.dim() - 1)))
+            return v if site.positions is None else v[:, list(site.positions)]
+
+        return _hooks_from_run(model, self.sites, self.source, value)
 
 
 @dataclass
@@ -132,10 +139,7 @@ class Mean(Intervention):
     label: str = "mean"
 
     def hooks(self, model, tokens):
-        names = [s.name(model) for s in self.sites]
-        cache = _cache(model, self.reference, names)
-        return [(nm, lambda act, hook, m=cache[nm].mean((0, 1)), p=s.positions: set_at(act, p, m))
-                for s, nm in zip(self.sites, names)]
+        return _hooks_from_run(model, self.sites, self.reference, lambda cached, site: cached.mean((0, 1)))
 
 
 @dataclass

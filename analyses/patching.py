@@ -29,7 +29,7 @@ from achilles_interp.tasks import answer_logits
 from .components import DEFAULT_COMPONENTS, check_components, hook_name, n_layers
 from .evaluation import Outcome, evaluate
 from .interventions import Patch, Site, set_at
-from .metrics import PatchingData, check_metric, normalised_effect
+from .metrics import PatchingData, check_metric
 from .results import GridResult
 
 DIRECTIONS = ("denoising", "noising")
@@ -226,25 +226,11 @@ def activation_patching(
         for k, (layer, p) in enumerate(group):
             per_ex[ci, layers.index(layer), positions.index(p)] = m[k]
 
-    values = per_ex.mean(-1)
-    effect = normalised_effect(values, clean_b, corr_b, direction)
-    return GridResult(
-        values,
-        effect,
-        components,
-        layers,
-        positions,
-        metric,
-        direction,
-        "activation",
-        clean_b,
-        corr_b,
-        token_labels,
-        model_name,
-        per_ex if keep_per_example else None,
-        baselines.clean.metric(metric) if keep_per_example else None,
-        baselines.corrupted.metric(metric) if keep_per_example else None,
-    )
+    keep = {} if not keep_per_example else dict(per_example=per_ex, clean_per_example=baselines.clean.metric(metric),
+                                                corrupted_per_example=baselines.corrupted.metric(metric))
+    return GridResult.from_values(per_ex.mean(-1), clean_b, corr_b, components=components, layers=layers,
+                                  positions=positions, metric=metric, direction=direction, method="activation",
+                                  token_labels=token_labels, model_name=model_name, **keep)
 
 
 def patch_one_cell(

@@ -41,47 +41,53 @@ def patching_heatmaps(
     stem,
     components: Optional[Sequence[str]] = None,
     title: str = "",
+    per_row: int = 3,
 ) -> List[Path]:
-    """One row per component, one column per model: heatmap of the normalised effect (1 = the
-    whole clean-vs-corrupted gap) over layer (y) x position (x). Every panel shares one colour
-    scale, -1..1 (clipped), so a row whose effects are 100x smaller looks 100x fainter; only the
-    positions where some effect reaches 0.01 are shown, labelled ``position:token`` of example 0."""
+    """One panel per model (``per_row`` panels a row), each a stack of heatmaps, one per component:
+    the normalised effect (1 = the whole clean-vs-corrupted gap) over layer (y) x position (x).
+    Every heatmap shares one colour scale, -1..1 (clipped), so a row whose effects are 100x smaller
+    looks 100x fainter; only the positions where some effect reaches 0.01 are shown, labelled
+    ``position:token`` of example 0."""
     if not results:
-        raise UserError("patching_heatmaps needs at least one result")
+        raise ValueError("patching_heatmaps needs at least one result")
     names = list(results)
     comps = list(components) if components else list(dict.fromkeys(c for r in results.values() for c in r.components))
     first = results[names[0]]
     keep = relevant_positions(results)
     cols = [first.positions.index(p) for p in keep]
-    width = max(3.0, 0.32 * len(keep) + 1.2)
-    fig, axes = plt.subplots(len(comps), len(names), figsize=(width * len(names) + 1.2, 0.6 + 0.75 * len(comps)
-                                                              * max(1, len(first.layers)) ** 0.5),
-                             squeeze=False)
+    ncols = min(per_row, len(names))
+    nrows = (len(names) + ncols - 1) // ncols
+    n_layers = max(len(r.layers) for r in results.values())
+    panel_w, panel_h = max(3.5, 0.24 * len(cols) + 1.6), 0.5 + (0.22 * n_layers + 0.25) * len(comps)
+    fig = plt.figure(figsize=(panel_w * ncols + 1.0, panel_h * nrows + 0.6))
+    grid_fig, bar_fig = fig.subfigures(1, 2, width_ratios=[panel_w * ncols, 0.9])
+    subfigs = grid_fig.subfigures(nrows, ncols, squeeze=False)
     im = None
-    for row, c in enumerate(comps):
-        for col, name in enumerate(names):
-            ax = axes[row, col]
-            r = results[name]
+    for k, name in enumerate(names):
+        sub = subfigs[k // ncols, k % ncols]
+        r = results[name]
+        axes = sub.subplots(len(comps), 1, squeeze=False)[:, 0]
+        sub.suptitle(name, fontsize=9)
+        labels = r.token_labels or [str(p) for p in r.positions]
+        for row, (c, ax) in enumerate(zip(comps, axes)):
             if c in r.components:
                 data = r.effect[r.components.index(c)][:, cols].clamp(-1, 1).numpy()
             else:
                 data = torch.full((len(r.layers), len(cols)), float("nan")).numpy()
                 ax.text(0.5, 0.5, f"no {c} in this model", transform=ax.transAxes, ha="center", va="center",
-                        fontsize=8, color="0.4")
+                        fontsize=7, color="0.4")
             im = ax.imshow(data, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
             ax.set_yticks(range(len(r.layers)))
-            ax.set_yticklabels([f"L{x}" for x in r.layers], fontsize=8)
-            if col == 0:
-                ax.set_ylabel(c, fontsize=9, rotation=0, ha="right", va="center")
-            labels = r.token_labels or [str(p) for p in r.positions]
+            ax.set_yticklabels([f"L{x}" for x in r.layers], fontsize=7)
+            ax.set_ylabel(c, fontsize=8, rotation=0, ha="right", va="center")
             ax.set_xticks(range(len(cols)))
-            ax.set_xticklabels([labels[i] for i in cols] if row == len(comps) - 1 else [], rotation=90, fontsize=8)
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-    fig.subplots_adjust(right=0.9)
-    cax = fig.add_axes([0.92, 0.15, 0.012, 0.7])
-    fig.colorbar(im, cax=cax).set_label("normalised effect (1 = whole gap)", fontsize=8)
-    fig.suptitle(title or f"{first.method} patching ({first.direction}, {first.metric})", fontsize=10)
+            last = row == len(comps) - 1
+            ax.set_xticklabels([labels[i] for i in cols] if last else [], rotation=90, fontsize=7)
+    for k in range(len(names), nrows * ncols):
+        subfigs[k // ncols, k % ncols].set_visible(False)
+    cax = bar_fig.add_axes([0.15, 0.25, 0.25, 0.5])
+    bar_fig.colorbar(im, cax=cax).set_label("normalised effect (1 = whole gap)", fontsize=8)
+    fig.suptitle(title or f"{first.method} patching ({first.direction}, {first.metric})", fontsize=10, y=1.03)
     return save(fig, stem)
 
 

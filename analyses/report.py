@@ -40,6 +40,9 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_")
 
 
+FIGURE_VARIANTS = ("mamba", "mamba-pe", "mamba-bypass-pe", "transformer")  # shown in the heatmaps; all in the CSVs
+
+
 def group_key(m: ModelStudy) -> str:
     """``task: variant`` (the seeds of one cell of the grid share it)."""
     return f"{m.task}: {m.variant}"
@@ -123,8 +126,9 @@ def write_study(study: StudyResult, explanation: Optional[Explanation], out, com
     figures = {}
     for change in changes:
         for method in ("activation", "attribution"):
+            shown = {k: ms for k, ms in grouped.items() if ms[0].variant in FIGURE_VARIANTS} or grouped
             grids = {k: mean_grid([getattr(m.pairs[change], method) for m in ms], k)
-                     for k, ms in grouped.items() if all(change in m.pairs for m in ms)}
+                     for k, ms in shown.items() if all(change in m.pairs for m in ms)}
             if grids:
                 stem = out / f"{method}_patching_{change}"
                 patching_heatmaps(grids, stem, title=f"{method} patching, {change} pairs: normalised effect "

@@ -45,6 +45,16 @@ class GridResult:
     clean_per_example: Optional[torch.Tensor] = field(default=None, repr=False)
     corrupted_per_example: Optional[torch.Tensor] = field(default=None, repr=False)
 
+    @classmethod
+    def from_values(cls, values: torch.Tensor, clean_baseline: float, corrupted_baseline: float, **fields):
+        """A result whose ``effect`` is ``values`` normalised by the baselines (in ``fields``'s
+        ``direction``); ``fields``: the other attributes by name."""
+        from .metrics import normalised_effect
+
+        effect = normalised_effect(values, clean_baseline, corrupted_baseline, fields["direction"])
+        return cls(values=values, effect=effect, clean_baseline=clean_baseline,
+                   corrupted_baseline=corrupted_baseline, **fields)
+
     def cell(self, component: str, layer: int, pos: int, normalised: bool = True) -> float:
         t = self.effect if normalised else self.values
         return float(t[self.components.index(component), self.layers.index(layer), self.positions.index(pos)])

@@ -193,7 +193,7 @@ def study_model(name: str, model, task, cfg: StudyConfig, source: str = "in-memo
         ms.interventions = run_interventions(model, data, ivs, other=data.corrupted_tokens)
         if all(b.mixer.conv1d is not None for b in model.blocks):
             ms.conv_tap_cosine = conv_tap_cosine(model)[0].tolist()
-    if cfg.probe_examples and task.name.endswith("matching"):
+    if cfg.probe_examples and task.name in ("inverse-matching", "forward-matching"):  # key slots at 4k..4k+2
         stage("position probes")
         probe_tokens = task.generate(cfg.probe_examples, seed=cfg.seed + 1, split="test").tokens
         ms.probes = position_probes(model, probe_tokens, key_slots(task.seq_len), seed=cfg.seed,
@@ -221,7 +221,12 @@ def run_study(models: Dict[str, torch.nn.Module], tasks, cfg: StudyConfig = Stud
         out[name] = study_model(name, model, task, cfg, (sources or {}).get(name, "in-memory model"), say)
         labels.setdefault(task.name, next(iter(out[name].pairs.values())).activation.token_labels)
         if progress:
-            progress(f"{name}: done in {out[name].seconds:.0f} s (test accuracy {out[name].accuracy:.3f})")
+            m = out[name]
+            shares = "; ".join(f"{c} pairs: {p.shares.sentence()}" for c, p in m.pairs.items() if p.shares)
+            slot = m.best_probe("slot")
+            slot = "" if slot is None else f"; best slot probe {slot:.2f}"
+            progress(f"{name}: done in {m.seconds:.0f} s: test accuracy {m.accuracy:.3f} ({m.role}){slot}"
+                     + (f"; {shares}" if shares else ""))
     return StudyResult(cfg, {n: repr(per_model[n]) for n in models}, out, labels, round(time.time() - t0, 2))
 
 

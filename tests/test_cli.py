@@ -40,3 +40,61 @@ def test_library_validation_errors_are_user_errors():
     for bad in (lambda: get_task("nope"), lambda: get_preset("nope"), lambda: get_task("inverse-matching", n_layers=0)):
         with pytest.raises(UserError):
             bad()
+
+
+COMMANDS = {
+    "train": ["train", "--task", "forward-matching", "--model", "mamba", "--device", "cpu"],
+    "compare": ["compare", "--task", "forward-matching", "--models", "mamba", "--seeds", "0", "--device", "cpu"],
+    "patch": ["patch", "--checkpoint", "{ck}"],
+    "reproduce": ["reproduce", "--render-only", "--runs-dir", "{runs}"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from achilles_interp import zoo
+
+    root = tmp_path_factory.mktemp("ck") / "m"
+    torch.manual_seed(0)
+    zoo.build_model("mamba", vocab_size=256, max_len=64, n_layers=1, d_model=8, d_state=4, headdim=4,
+                    backend="torch").save_pretrained(root)
+    return root
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("where", ["existing file", "read-only location", "below a file"])
+def test_outputs_are_checked_before_any_work(command, where, tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """--out that cannot be written is a one-line error (exit 2) before any model is built, and
+    nothing is left behind."""
+    import achilles_interp.zoo as zoo
+
+    monkeypatch.setattr(zoo, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(zoo, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = {"existing file": blocker, "read-only location": "/proc/achilles-out",
+           "below a file": blocker / "sub" / "out"}[where]
+    if command == "reproduce" and where == "existing file":
+        out = tmp_path  # reproduce's --out is a file: an existing folder is the wrong kind
+    argv = [a.format(ck=tiny_checkpoint, runs=tmp_path / "runs") for a in COMMANDS[command]] + ["--out", str(out)]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"achilles-interp {command}: error: ")
+    assert "--out" in err or "out_dir" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("pkg", ["analyses", "probes"])
+def test_top_level_analyses_and_probes_refuse_a_second_copy(pkg):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", f"import {pkg}"], cwd=root, capture_output=True, text=True)
+    assert r.returncode != 0 and f"import this package as achilles_interp.{pkg}" in r.stderr
+    ok = subprocess.run([sys.executable, "-c", f"import achilles_interp.{pkg}"], cwd=root, capture_output=True)
+    assert ok.returncode == 0, ok.stderr

@@ -19,24 +19,14 @@ distributed = pytest.importorskip("distributed")
 from achilles_interp.training.distributed import local_cluster, run_specs  # noqa: E402
 from achilles_interp.cli import main  # noqa: E402
 from achilles_interp.training.paper_grid import Cell, RunSpec  # noqa: E402
-from achilles_interp.training.presets import PRESETS, Preset  # noqa: E402
+from achilles_interp.training.presets import PRESETS  # noqa: E402
+from tiny_presets import TINY as BASE  # noqa: E402
 from achilles_interp.training.trainer import METRICS_FILE, STATE_FILE  # noqa: E402
 
 # A run of a few hundred milliseconds to a few seconds on one CPU thread; it travels to the
 # workers through run_specs(presets=[TINY]), which registers it there.
-TINY = Preset(
-    name="dask-tiny",
-    epochs=3,
-    warmup_epochs=1,
-    lr_min=1e-4,
-    lr_max=3e-3,
-    batch_size=32,
-    n_train=256,
-    n_eval=64,
-    eval_every=1,
-    model=dict(d_model=16, d_state=4, n_layers=1, headdim=8, init_gamma=0.5, pos_embed="learned"),
-    transformer=dict(d_mlp=32),
-)
+TINY = BASE.replace(name="dask-tiny", n_train=256, n_eval=64,
+                    model=dict(BASE.model, n_layers=1, pos_embed="learned"))
 
 
 def spec(model="mamba", seed=0, task="inverse-matching", epochs=None, **cell) -> RunSpec:

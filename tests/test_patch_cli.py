@@ -144,3 +144,34 @@ def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert os.environ["ACHILLES_WALKTHROUGH_FAST"] == "1"
+
+
+def test_patch_studies_the_finished_runs_of_a_grid(checkpoints, tmp_path):
+    """--runs-dir picks the finished runs that kept their weights, per task, variant and seed."""
+    from achilles_interp.commands.patch import grid_checkpoints
+
+    runs = tmp_path / "runs"
+    layout = {("inverse-matching", "mamba-mamba2", 0, "mamba", True), ("inverse-matching", "mamba-mamba2", 1, "mamba",
+              False), ("forward-matching", "transformer", 0, "transformer", True),
+              ("inverse-matching", "mamba-pe-mamba2", 0, "mamba-pe", True)}
+    for task, label, seed, variant, complete in layout:
+        d = runs / task / label / f"seed{seed}"
+        d.mkdir(parents=True)
+        for f in (checkpoints / variant).iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        (d / "metrics.json").write_text(json.dumps(
+            {"complete": complete, "run": {"task": task, "model": variant, "seed": seed}}))
+    found = grid_checkpoints(runs, ["inverse-matching", "forward-matching"])
+    assert [str(p.relative_to(runs)) for p in found] == [
+        "inverse-matching/mamba-mamba2/seed0", "inverse-matching/mamba-pe-mamba2/seed0",
+        "forward-matching/transformer/seed0"]
+    assert len(grid_checkpoints(runs, ["inverse-matching"], models=["mamba"])) == 1
+    out = tmp_path / "attribution_assets"
+    n_threads = torch.get_num_threads()
+    try:
+        assert main(["patch", "--runs-dir", str(runs), "--tasks", "inverse-matching", "--components", "conv_act",
+                     "ssm_state", "gate", "--out", str(out), *TINY]) == 0
+    finally:
+        torch.set_num_threads(n_threads)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["models"]) == {"inverse-matching/mamba-mamba2/seed0", "inverse-matching/mamba-pe-mamba2/seed0"}

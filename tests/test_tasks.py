@@ -115,6 +115,11 @@ def oracle_logits(batch: TaskBatch, vocab: int) -> torch.Tensor:
 # ------------------------------------------------------------ registry/API
 def test_registry_and_bad_args():
     assert list_tasks() == ALL_NAMES
+    from achilles_interp.catalog import TASK_NAMES, TEXT_TASK_NAMES
+    from achilles_interp.tasks import list_text_tasks
+
+    assert tuple(list_tasks()) == TASK_NAMES  # the CLI's torch-free lists are the registries
+    assert tuple(list_text_tasks()) == TEXT_TASK_NAMES
     with pytest.raises(ValueError, match="inverse-matching.*mqar"):
         get_task("nope")
     with pytest.raises(ValueError, match="n_layers"):

@@ -8,26 +8,15 @@ from safetensors.torch import load_file
 
 from achilles_interp.cli import main
 from achilles_interp.tasks import get_task, task_loss
-from achilles_interp.training import PRESETS, Preset, get_preset, train
+from achilles_interp.training import PRESETS, get_preset, train
 from achilles_interp.training.trainer import lr_at, param_groups, seed_everything
 from achilles_interp.zoo import build_model, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-TINY = Preset(
-    name="tiny",
-    epochs=3,
-    warmup_epochs=1,
-    lr_min=1e-4,
-    lr_max=3e-3,
-    batch_size=32,
-    n_train=96,
-    n_eval=32,
-    eval_every=1,
-    model=dict(d_model=16, d_state=4, n_layers=2, headdim=8, init_gamma=0.5, pos_embed="sinusoidal"),
-    transformer=dict(d_mlp=32),
-)
+from tiny_presets import TINY  # noqa: E402
+
 
 
 @pytest.mark.parametrize("name", ["mamba", "transformer", "mamba-bypass-pe"])
@@ -93,30 +82,13 @@ def test_train_writes_everything(tmp_path):
 
 @pytest.mark.parametrize("name", ["mamba", "transformer"])
 def test_resume_matches_uninterrupted(tmp_path, name):
-    full = train(
-        "forward-matching", name, tmp_path / "full", preset=TINY, seed=3, device="cpu", progress=False
-    )
-    part = train(
-        "forward-matching",
-        name,
-        tmp_path / "part",
-        preset=TINY,
-        seed=3,
-        device="cpu",
-        progress=False,
-        stop_after_epochs=1,
-    )
+    def run(out, **kw):
+        return train("forward-matching", name, tmp_path / out, preset=TINY, seed=3, device="cpu", progress=False, **kw)
+
+    full = run("full")
+    part = run("part", stop_after_epochs=1)
     assert part["final"] is None and not part["complete"]
-    done = train(
-        "forward-matching",
-        name,
-        tmp_path / "part",
-        preset=TINY,
-        seed=3,
-        device="cpu",
-        progress=False,
-        resume=True,
-    )
+    done = run("part", resume=True)
     a, b = (
         load_file(str(tmp_path / "full" / "model.safetensors")),
         load_file(str(tmp_path / "part" / "model.safetensors")),
@@ -410,3 +382,49 @@ def test_cuda_graph_on_cpu_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+
+
+def test_ctrl_c_saves_mid_epoch_and_the_printed_command_resumes_to_the_same_run(tmp_path):
+    """SIGINT to a real `achilles-interp train` before its first epoch ends: exit 130, one line with the
+    exact --resume command, no traceback; that command finishes the run with the same metrics and
+    weights as an uninterrupted run."""
+    import re
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    exe = [sys.executable, "-m", "achilles_interp.cli"]
+    args = ["train", "--task", "forward-matching", "--model", "mamba", "--preset", "quick", "--epochs", "2",
+            "--n-train", "3200", "--batch-size", "16", "--d-model", "16", "--device", "cpu", "--threads", "1"]
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen(exe + args + ["--out", str(run_dir)], stderr=subprocess.PIPE, text=True, bufsize=1)
+    seen = ""
+    while proc.poll() is None:
+        seen += proc.stderr.read(1)
+        m = re.findall(r"(\d+)/400 \[", seen)  # tqdm: steps done of 2 x 200
+        if m and 20 <= int(m[-1]) < 150:
+            proc.send_signal(signal.SIGINT)
+            break
+    err = seen + proc.stderr.read()
+    assert proc.wait() == 130, err
+    last = err.strip().splitlines()[-1].split("\r")[-1]
+    assert "Traceback" not in err and last.startswith("achilles-interp train: interrupted at epoch 1 of 2, step ")
+    resume = last.split("Resume with: ")[1]
+    assert resume.endswith(" --resume") and str(run_dir) in resume
+    state = torch.load(run_dir / "train_state.pt", weights_only=False)
+    assert state["epoch"] == 0 and 0 < state["step"] < 200  # saved mid-epoch
+    cmd = shlex.split(resume)
+    assert cmd[0] == "achilles-interp"
+    done = subprocess.run(exe + cmd[1:] + ["--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ref_dir = tmp_path / "uninterrupted"
+    ref = subprocess.run(exe + args + ["--out", str(ref_dir), "--no-progress"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, ref_dir))
+    assert a["final"] == b["final"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    wa, wb = (load_file(str(d / "model.safetensors")) for d in (run_dir, ref_dir))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

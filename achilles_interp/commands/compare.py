@@ -8,7 +8,7 @@ DEFAULT_MODELS = ["transformer", "mamba", "mamba-noconv", "mamba-bypass-pe"]
 
 
 def register(sub, help_text: str) -> None:
-    from ..zoo import VARIANTS
+    from ..catalog import VARIANTS
     from .train import add_common_args
 
     p = sub.add_parser(
@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     check_task(args.task)
     check_device(args.device)
     check_seeds(args.seeds, "--seeds")
+    from ..outputs import check_output
+
+    check_output(args.out, "--out", "dir")
     command = command_line(args, "compare")
     doc = compare(
         args.task,

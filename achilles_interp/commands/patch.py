@@ -32,11 +32,22 @@ def register(sub, help_text: str) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", action="append", metavar="DIR", default=None,
-                   help="checkpoint or training-run directory (repeat for several models); a run directory's "
-                        "metrics.json names its task. Default: the shipped models")
-    p.add_argument("--task", default="inverse-matching",
-                   help="task of checkpoints that do not name one (a task with clean/corrupted pairs, one answer)")
+    p.add_argument("--checkpoint", action="append", metavar="DIR_OR_HUB_ID", default=None,
+                   help="checkpoint or training-run directory, or a Hub id such as state-spaces/mamba-130m (from the "
+                        "local Hugging Face cache; repeat for several models); a run directory's metrics.json names "
+                        "its task. Default: the shipped models")
+    p.add_argument("--runs-dir", default=None, metavar="DIR",
+                   help="study every finished run of a grid (achilles-interp reproduce's --runs-dir) that kept its "
+                        "weights, restricted by --tasks, --models and --seeds; adds to --checkpoint")
+    p.add_argument("--tasks", nargs="+", default=["inverse-matching", "forward-matching"],
+                   help="with --runs-dir: the tasks whose runs are studied")
+    p.add_argument("--models", nargs="+", default=None, help="with --runs-dir: the variants studied (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="with --runs-dir: the seeds (default: all)")
+    from ..catalog import TASK_NAMES, TEXT_TASK_NAMES
+
+    p.add_argument("--task", default="inverse-matching", metavar="TASK",
+                   help="task of checkpoints that do not name one: " + ", ".join(TASK_NAMES[:4] + TEXT_TASK_NAMES)
+                        + " (the text tasks prompt a pretrained LM through its tokenizer; docs/pretrained.md)")
     p.add_argument("--reproduction", default=None, metavar="RESULTS_JSON",
                    help="the reproduction's results.json, whose variant accuracies enter the verdict "
                         "(default: docs/reproduction_assets/results.json when it exists)")
@@ -69,6 +80,23 @@ def run_task(path: Path):
     return None, None
 
 
+def grid_checkpoints(runs_dir: Path, tasks, models=None, seeds=None) -> list:
+    """The finished runs under a grid's ``runs_dir/<task>/<cell>/seed<k>/`` that kept their weights."""
+    out = []
+    for task in tasks:
+        for metrics in sorted((Path(runs_dir) / task).glob("*/seed*/metrics.json")):
+            run = json.loads(metrics.read_text())
+            d = metrics.parent
+            if not run.get("complete") or not (d / "model.safetensors").is_file():
+                continue
+            if models is not None and run["run"]["model"] not in models:
+                continue
+            if seeds is not None and run["run"]["seed"] not in seeds:
+                continue
+            out.append(d)
+    return out
+
+
 def _load_models(checkpoints, default_task: str):
     """``(models, tasks, sources)``: name -> model / task name / where it came from."""
     from achilles_interp import zoo
@@ -83,8 +111,8 @@ def _load_models(checkpoints, default_task: str):
             raise CLIError("no shipped checkpoints found (achilles_interp/checkpoints); pass --checkpoint DIR")
         checkpoints = [zoo.checkpoints_dir() / n for n in names]
     for path in map(Path, checkpoints):
-        if not path.is_dir():
-            raise CLIError(f"--checkpoint {path}: not a directory")
+        if not path.is_dir() and len(path.parts) != 2:
+            raise CLIError(f"--checkpoint {path}: not a directory (nor a Hub id org/name)")
         task, _ = run_task(path)
         prov = path / "PROVENANCE.json"
         if task is None and prov.is_file():
@@ -93,7 +121,7 @@ def _load_models(checkpoints, default_task: str):
         k, base = 2, name
         while name in models:
             name, k = f"{base}-{k}", k + 1
-        models[name] = zoo.load_model(path, backend="torch").eval()
+        models[name] = zoo.load_model(path if path.is_dir() else str(path), backend="torch").eval()
         tasks[name] = task or default_task
         sources[name] = str(path)
     return models, tasks, sources
@@ -123,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_examples < 1:
         raise CLIError(f"--eval-examples must be >= 1, got {args.eval_examples}")
     components = tuple(check_components(args.components))
+    from ..outputs import check_output
+
+    check_output(args.out, "--out", "dir")
+    check_output(markdown_path(Path(args.out)), "--out (its markdown page)", "file")
     if args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     reproduction = args.reproduction
@@ -131,10 +163,21 @@ def run(args: argparse.Namespace) -> int:
     grid = json.loads(Path(reproduction).read_text())["cells"] if reproduction else None
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
-    models, task_names, sources = _load_models(args.checkpoint, args.task)
+    checkpoints = list(args.checkpoint or [])
+    if args.runs_dir:
+        found = grid_checkpoints(Path(args.runs_dir), args.tasks, args.models, args.seeds)
+        if not found:
+            raise CLIError(f"--runs-dir {args.runs_dir}: no finished run with its weights for tasks {args.tasks}")
+        checkpoints += found
+    models, task_names, sources = _load_models(checkpoints, args.task)
     tasks = {}
     for name, model in models.items():
-        kw = {"n_layers": model.cfg.n_layers} if task_names[name].endswith("matching") else {}
+        if task_names[name].startswith("text-"):
+            if getattr(model, "tokenizer", None) is None:
+                raise CLIError(f"{name}: the text tasks need the model's tokenizer, and none was found with it")
+            kw = {"tokenizer": model.tokenizer}
+        else:
+            kw = {"n_layers": model.cfg.n_layers} if task_names[name].endswith("matching") else {}
         tasks[name] = get_task(task_names[name], **kw)
     cfg = StudyConfig(n=args.n, seed=args.seed, components=components, metric=args.metric,
                       eval_examples=args.eval_examples, fusion_examples=args.fusion_examples,

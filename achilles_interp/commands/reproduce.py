@@ -80,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
     if args.time_limit is not None and args.time_limit <= 0:
         raise UserError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     check_device(args.device)
+    from ..outputs import check_output
+
+    out = Path(args.out)
+    assets = Path(args.assets) if args.assets else out.with_name(out.stem + "_assets")
+    check_output(out, "--out", "file")
+    check_output(assets, "--assets", "dir")
+    if not args.render_only:
+        check_output(args.runs_dir, "--runs-dir", "dir")
     cells = [c for c in paper_cells(args.mixers, args.tasks, args.task_format)
              if args.models is None or c.model in args.models]
     if not cells:
@@ -104,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
         ablation = ("Ablation: the special-token format (earlier grid)",
                     collect_ablation(args.ablation_runs, args.mixers, args.seeds))
     command = command_line(args, "reproduce")
-    out = Path(args.out)
-    assets = Path(args.assets) if args.assets else out.with_name(out.stem + "_assets")
     write_report(out, results, paper_claims(args.mixers), command, assets, ablation=ablation)
     print(f"wrote {out} and {assets}/")
     return 0

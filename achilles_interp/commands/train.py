@@ -11,9 +11,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     from ..config import FANS
     from ..training.presets import PRESETS
 
-    p.add_argument(
-        "--task", required=True, help="task name (inverse-matching, forward-matching, composite, ...)"
-    )
+    from ..catalog import TASK_NAMES
+
+    p.add_argument("--task", required=True, metavar="TASK",
+                   help=f"task: {', '.join(TASK_NAMES)}")
     p.add_argument(
         "--preset",
         default="auto",
@@ -117,7 +118,7 @@ def check_device(device) -> None:
 
 
 def register(sub, help_text: str) -> None:
-    from ..zoo import VARIANTS
+    from ..catalog import VARIANTS
 
     p = sub.add_parser(
         "train",

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from .compare import variant_label
-from .trainer import METRICS_FILE, STATE_FILE, train
+
+from .layout import METRICS_FILE, STATE_FILE
 
 MATCHING_TASKS = ("inverse-matching", "forward-matching")
 MATCHING_VARIANTS = ("transformer", "mamba", "mamba-noconv", "mamba-bypass", "mamba-pe", "mamba-bypass-pe",
@@ -67,6 +67,8 @@ class Cell:
 
     @property
     def label(self) -> str:
+        from .compare import variant_label
+
         """Directory name: ``mamba-mamba2``, ``mamba-ones-mamba2-L5-g1``, ``transformer-special-tokens``."""
         parts = [variant_label(self.model, self.mixer)]
         if self.n_layers is not None:
@@ -130,6 +132,8 @@ class RunSpec:
         doc = self.metrics(runs_dir)
         if doc is not None and doc.get("complete"):
             return doc
+        from .trainer import train
+
         out = self.run_dir(runs_dir)
         return train(
             self.cell.task, self.cell.model, out, preset=self.preset, seed=self.seed, device=device,

@@ -53,8 +53,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch
-
 from ..errors import UserError
 
 
@@ -211,6 +209,8 @@ PRESETS["ship"] = PRESETS["quick"].replace(name="ship", epochs=8, warmup_epochs=
 def default_preset_name(device: Optional[str] = None) -> str:
     """``"paper"`` when training on a GPU, else ``"quick"``."""
     if device is None:
+        import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return "paper" if str(device).startswith("cuda") else "quick"
 

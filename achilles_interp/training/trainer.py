@@ -21,13 +21,18 @@ a resumed run see the same batches in the same order.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -35,16 +40,15 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..outputs import atomic_write, write_json
+from ..outputs import atomic_write, check_output, write_json
 from ..tasks import Task, TaskBatch, get_task, task_loss
 from ..tasks.base import answer_logits
 from ..zoo import build_model
 from .graphed_step import TrainStep, adapt_loaded_optimizer, make_optimizer
+from .layout import METRICS_FILE, STATE_FILE
 from .presets import Preset, get_preset
 from .validation import check_seeds, positive_settings
 
-STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.json"
 EVAL_BATCH = 2048
 
 
@@ -188,11 +192,102 @@ def evaluate(model, batch: TaskBatch, device: torch.device, batch_size: int = EV
 KERNEL_TILING_FIELDS = ("chunk_size",)
 
 
-def _resume_key(value):
-    """A run setting as compared on resume: model configs without their kernel-tiling fields."""
-    if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in KERNEL_TILING_FIELDS}
-    return value
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run *is*: everything its final weights depend on. A run resumes only under the same
+    settings (:meth:`differences`); ``model_config`` is compared without its kernel-tiling fields."""
+
+    task: str
+    task_repr: str
+    model: str
+    mixer: Optional[str]
+    seed: int
+    epochs: int
+    batch_size: int
+    n_train: int
+    model_config: dict = field(hash=False)
+
+    def differences(self, saved: dict) -> list:
+        """Names of the settings that differ from a saved run description (``metrics.json``'s
+        ``run``)."""
+        def key(name, value):
+            if name == "model_config" and isinstance(value, dict):
+                return {k: v for k, v in value.items() if k not in KERNEL_TILING_FIELDS}
+            return value
+
+        return [f.name for f in dataclasses.fields(self)
+                if key(f.name, saved.get(f.name)) != key(f.name, getattr(self, f.name))]
+
+
+@dataclass
+class Checkpoint:
+    """What ``train_state.pt`` holds: the run description, model / optimiser / scheduler states,
+    the position reached (``epoch`` epochs done plus ``step`` steps of the next, with the partial
+    epoch's loss sum), the evaluation history, the time spent and the RNG states."""
+
+    run: dict
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    epoch: int
+    history: list
+    elapsed_s: float
+    rng: dict
+    step: int = 0
+    loss_sum: float = 0.0
+    n_seen: int = 0
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda f: torch.save(dataclasses.asdict(self), f))
+
+    @classmethod
+    def load(cls, path: Path) -> "Checkpoint":
+        # on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict copies weights and
+        # optimiser moments onto the parameters' device
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        return cls(**{k: v for k, v in st.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: the state was saved at the last finished step; the
+    message says how to resume."""
+
+
+def _rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_states(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn SIGINT into a flag checked between optimiser steps (a step is never cut in half);
+    only in the main thread (elsewhere, e.g. a Dask worker, signals are not ours to take)."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag["hit"]:  # a second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _resume_command(command: str) -> str:
+    return command if " --resume" in f" {command} " else f"{command} --resume"
 
 
 def train(
@@ -222,7 +317,7 @@ def train(
         task: task name (see :func:`achilles_interp.tasks.list_tasks`) or a Task object. The
             matching tasks are built with the model's ``n_layers`` (3 fillers per layer).
         model_name: variant name (:data:`achilles_interp.zoo.VARIANTS`).
-        out_dir: run directory (created).
+        out_dir: run directory (created; checked for writability before anything is built).
         preset: ``"paper"``, ``"quick"``, ``"ship"``, a :class:`Preset`, or ``"auto"``/None
             (paper on a GPU, quick on the CPU).
         seed: seeds data generation, initialisation and shuffling.
@@ -230,13 +325,13 @@ def train(
             ``backend="auto"``) or None (cuda when available).
         epochs: override the preset's number of epochs (warm-up scaled proportionally).
         mixer: ``"mamba1"`` or ``"mamba2"`` for the Mamba variants.
-        resume: continue from ``out_dir/train_state.pt`` (the run's arguments must match).
+        resume: continue from ``out_dir/train_state.pt`` (the run's :class:`RunSettings` must match).
         n_train, n_eval, batch_size: override the preset's dataset sizes / batch size.
         model_overrides: extra :func:`~achilles_interp.zoo.build_model` arguments (e.g.
             ``{"n_layers": 3, "init_gamma": 1.0}``).
         stop_after_epochs: return after this many epochs *in this call* (the schedule is still
             that of the full run; ``resume=True`` later finishes it).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm bar over optimiser steps (rate, running loss, last accuracies).
         command: command line recorded in the provenance (default: ``sys.argv``).
         threads: if set, ``torch.set_num_threads(threads)`` for this process (CPU training; on a
             shared machine 1 thread avoids OpenMP oversubscription, which can be 10x slower).
@@ -246,16 +341,18 @@ def train(
         task_format: token format of the matching and composite tasks (``"paper"``, their
             default, or ``"special-tokens"``); None keeps the task's default.
 
+    Ctrl-C (SIGINT, main thread only) finishes the current step, saves ``train_state.pt`` there
+    (mid-epoch included) and raises :class:`TrainingInterrupted` whose message is the command that
+    resumes the run; a resumed run ends with the same weights as an uninterrupted one.
+
     Returns:
         The ``metrics.json`` content: ``run`` (description), ``history`` (per evaluation: epoch,
-        step, lr, mean train loss since the last evaluation, per-split accuracy/loss), ``final``
-        (``accuracy``/``loss``/``extra`` per split; None while unfinished), ``complete`` and
-        ``provenance``.
+        step, lr, mean train loss since the last evaluation, per-split accuracy/loss/extras),
+        ``final`` (``accuracy``/``loss``/``extra`` per split; None while unfinished),
+        ``complete`` and ``provenance``.
     """
-    from tqdm.auto import tqdm
-
     t_start = time.time()
-    out_dir = Path(out_dir)
+    out_dir = check_output(out_dir, "out_dir")
     # None = the preset's value; 0 or a negative value is an error, never a silent fallback
     positive_settings({"epochs": epochs, "n_train": n_train, "n_eval": n_eval, "batch_size": batch_size,
                        "threads": threads}, as_flags=False)
@@ -273,6 +370,12 @@ def train(
     check_seeds(seed, "seed")
     if mixer not in ("mamba1", "mamba2"):
         raise UserError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
+    state_path = out_dir / STATE_FILE
+    if resume and not state_path.is_file():
+        raise UserError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
+    if not resume and state_path.exists():
+        raise UserError(f"{out_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) "
+                        "or choose another output directory")
     n_epochs = p.epochs if epochs is None else epochs
     warmup = p.warmup_epochs * n_epochs / p.epochs
     mkw = p.model_kwargs(model_name, mixer, task if isinstance(task, str) else task.name)
@@ -281,6 +384,7 @@ def train(
     bs = p.batch_size_for(task_obj.name) if batch_size is None else batch_size
     n_tr = p.n_train_for(task_obj.name) if n_train is None else n_train
     n_ev = p.n_eval if n_eval is None else n_eval
+    command = command if command is not None else " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
     # ---- data and model (both deterministic in seed) ----------------------------------------
     seed_everything(seed)
@@ -299,165 +403,122 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_at(s, steps_per_epoch, warmup, n_epochs, p.lr_min, p.lr_max) / p.lr_min
     )
-
+    settings = RunSettings(task_obj.name, repr(task_obj), model_name,
+                           mixer if not model_name.startswith("transformer") else None, seed, n_epochs, bs, n_tr,
+                           model.cfg.to_dict())
     run = {
-        "task": task_obj.name,
-        "task_repr": repr(task_obj),
-        "model": model_name,
-        "mixer": mixer if not model_name.startswith("transformer") else None,
+        **{k: v for k, v in dataclasses.asdict(settings).items()},
         "preset": p.name,
-        "seed": seed,
-        "epochs": n_epochs,
         "warmup_epochs": warmup,
-        "batch_size": bs,
-        "n_train": n_tr,
         "n_eval": n_ev,
         "steps_per_epoch": steps_per_epoch,
         "splits": list(task_obj.splits),
-        "model_config": model.cfg.to_dict(),
         "model_class": type(model).__name__,
         "n_parameters": sum(q.numel() for q in model.parameters()),
         "preset_params": p.to_dict(),
         "model_overrides": model_overrides or {},
     }
-    history: list[dict] = []
-    start_epoch, elapsed_before = 0, 0.0
-    state_path = out_dir / STATE_FILE
+    ck = Checkpoint(run, {}, {}, {}, 0, [], 0.0, {})
     if resume:
-        if not state_path.is_file():
-            raise UserError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
-        # Loaded on the CPU: the RNG states must stay CPU ByteTensors, and load_state_dict copies
-        # weights and optimiser moments onto the parameters' device.
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        keys = ("task", "task_repr", "model", "mixer", "seed", "epochs", "batch_size", "n_train", "model_config")
-        diff = [k for k in keys if _resume_key(st["run"].get(k)) != _resume_key(run.get(k))]
+        saved = Checkpoint.load(state_path)
+        diff = settings.differences(saved.run)
         if diff:
-            raise UserError(
-                f"--resume: the run in {out_dir} differs in {diff} "
-                f"(saved {[st['run'].get(k) for k in diff]}, now {[run.get(k) for k in diff]})"
-            )
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+            raise UserError(f"--resume: the run in {out_dir} differs in {diff} "
+                            f"(saved {[saved.run.get(k) for k in diff]}, now {[run.get(k) for k in diff]})")
+        model.load_state_dict(saved.model)
+        opt.load_state_dict(saved.optimizer)
         adapt_loaded_optimizer(opt, dev)
-        sched.load_state_dict(st["scheduler"])
-        start_epoch, history, elapsed_before = st["epoch"], st["history"], st["elapsed_s"]
-        random.setstate(st["rng"]["python"])
-        np.random.set_state(st["rng"]["numpy"])
-        torch.set_rng_state(st["rng"]["torch"])
-    elif state_path.exists():
-        raise UserError(
-            f"{out_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) "
-            "or choose another output directory"
-        )
-
-    # the code the run was started from, read once (not at every checkpoint, two git calls each)
-    code_version = {"git_commit": git_commit(), "git_modified": git_modified()}
-
-    def provenance() -> dict:
-        return {
-            "command": command if command is not None else " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "seed": seed,
-            "preset": p.name,
-            **code_version,
-            "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
-            "device": device_description(dev),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "resumed": bool(resume),
-            "train_step": "cuda-graph" if step.graphed else "eager",
-        }
+        sched.load_state_dict(saved.scheduler)
+        _set_rng_states(saved.rng)
+        ck = dataclasses.replace(saved, run=run)
+    history = ck.history
+    code_version = {"git_commit": git_commit(), "git_modified": git_modified()}  # read once, not per save
+    step = TrainStep(model, opt, p.grad_clip, bs, use_graph)
 
     def metrics_doc(final: Optional[dict]) -> dict:
-        return {
-            "run": run,
-            "history": history,
-            "final": final,
-            "complete": final is not None,
-            "provenance": provenance(),
-        }
+        prov = {"command": command, "seed": seed, "preset": p.name, **code_version,
+                "elapsed_s": round(ck.elapsed_s + time.time() - t_start, 3), "device": device_description(dev),
+                "torch": torch.__version__, "python": platform.python_version(), "resumed": bool(resume),
+                "train_step": "cuda-graph" if step.graphed else "eager"}
+        return {"run": run, "history": history, "final": final, "complete": final is not None, "provenance": prov}
 
-    def save_state(epoch: int) -> None:
-        st = {
-            "run": run,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "elapsed_s": elapsed_before + time.time() - t_start,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
-        }
-        atomic_write(state_path, lambda f: torch.save(st, f))
+    def save(epoch: int, at_step: int, loss_sum: float, n_seen: int) -> None:
+        Checkpoint(run, model.state_dict(), opt.state_dict(), sched.state_dict(), epoch, history,
+                   ck.elapsed_s + time.time() - t_start, _rng_states(), at_step, loss_sum, n_seen).save(state_path)
 
     def eval_all() -> dict:
         return {s: evaluate(model, b, dev) for s, b in eval_sets.items()}
 
     # ---- loop ---------------------------------------------------------------------------------
-    end_epoch = n_epochs if stop_after_epochs is None else min(n_epochs, start_epoch + int(stop_after_epochs))
-    bar = tqdm(
-        total=n_epochs,
-        initial=start_epoch,
-        desc=f"{model_name}/{run['mixer'] or 'attn'} s{seed}",
-        disable=not progress,
-        unit="epoch",
-        leave=False,
-    )
-    step = TrainStep(model, opt, p.grad_clip, bs, use_graph)
+    end_epoch = n_epochs if stop_after_epochs is None else min(n_epochs, ck.epoch + int(stop_after_epochs))
+    bar = _progress_bar(progress, n_epochs * steps_per_epoch, ck.epoch * steps_per_epoch + ck.step,
+                        f"{model_name}/{run['mixer'] or 'attn'} s{seed}")
     results = None
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(n_tr, generator=g).to(dev)
-        loss_sum, n_seen = torch.zeros((), device=dev), 0
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
-            batch = train_dev[idx]
-            loss = step(batch)
-            sched.step()
-            loss_sum += loss * batch.n
-            n_seen += batch.n
-        done = epoch + 1
-        if done % p.eval_every == 0 or done == n_epochs:
-            results = eval_all()
-            history.append(
-                {
-                    "epoch": done,
-                    "step": done * steps_per_epoch,
-                    "lr": float(sched.get_last_lr()[0]),
+    with _deferred_interrupt() as interrupt:
+        for epoch in range(ck.epoch, end_epoch):
+            model.train()
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perm = torch.randperm(n_tr, generator=g).to(dev)
+            first = ck.step if epoch == ck.epoch else 0
+            loss_sum = torch.full((), ck.loss_sum if first else 0.0, device=dev)
+            n_seen = ck.n_seen if first else 0
+            for i in range(first, steps_per_epoch):
+                batch = train_dev[perm[i * bs: (i + 1) * bs]]
+                loss = step(batch)
+                sched.step()
+                loss_sum += loss * batch.n
+                n_seen += batch.n
+                bar.update(1)
+                if i % 20 == 0:
+                    bar.set_postfix_str(f"loss {float(loss):.3f}" + _acc_text(history), refresh=False)
+                if interrupt["hit"]:
+                    save(epoch, i + 1, float(loss_sum), n_seen)
+                    write_json(out_dir / METRICS_FILE, metrics_doc(None))
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {epoch + 1} of {n_epochs}, step {i + 1} of {steps_per_epoch}; the "
+                        f"state is saved in {state_path}. Resume with: {_resume_command(command)}")
+            done = epoch + 1
+            if done % p.eval_every == 0 or done == n_epochs:
+                results = eval_all()
+                history.append({
+                    "epoch": done, "step": done * steps_per_epoch, "lr": float(sched.get_last_lr()[0]),
                     "train_loss": (loss_sum / max(n_seen, 1)).item(),
                     "accuracy": {s: r["accuracy"] for s, r in results.items()},
                     "loss": {s: r["loss"] for s, r in results.items()},
                     "extra": {s: {k: v for k, v in r.items() if k not in ("accuracy", "loss")}
                               for s, r in results.items()},
-                    "elapsed_s": round(elapsed_before + time.time() - t_start, 3),
-                }
-            )
-            bar.set_postfix({f"acc_{s}": f"{a:.3f}" for s, a in history[-1]["accuracy"].items()})
-        bar.update(1)
-        if done % p.eval_every == 0 or done == end_epoch:
-            save_state(done)
-            if done < n_epochs:  # progress snapshot for long runs (complete: false)
-                write_json(out_dir / METRICS_FILE, metrics_doc(None))
+                    "elapsed_s": round(ck.elapsed_s + time.time() - t_start, 3),
+                })
+            if done % p.eval_every == 0 or done == end_epoch:
+                save(done, 0, 0.0, 0)
+                if done < n_epochs:  # progress snapshot for long runs (complete: false)
+                    write_json(out_dir / METRICS_FILE, metrics_doc(None))
     bar.close()
 
-    finished = end_epoch == n_epochs
-    if finished:
+    final = None
+    if end_epoch == n_epochs:
         if results is None or not history or history[-1]["epoch"] != n_epochs:
             results = eval_all()  # resumed after the last epoch already ran
         final = {
             "accuracy": {s: r["accuracy"] for s, r in results.items()},
             "loss": {s: r["loss"] for s, r in results.items()},
-            "extra": {
-                s: {k: v for k, v in r.items() if k not in ("accuracy", "loss")} for s, r in results.items()
-            },
+            "extra": {s: {k: v for k, v in r.items() if k not in ("accuracy", "loss")} for s, r in results.items()},
         }
-    else:
-        final = None
     model.save_pretrained(out_dir)
     doc = metrics_doc(final)
     write_json(out_dir / METRICS_FILE, doc)
     return doc
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step", leave=False,
+                mininterval=0.5, smoothing=0.1)
+
+
+def _acc_text(history: list) -> str:
+    if not history:
+        return ""
+    return ", " + ", ".join(f"{s} {a:.2f}" for s, a in history[-1]["accuracy"].items())
