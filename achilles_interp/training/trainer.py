@@ -290,6 +290,61 @@ def _resume_command(command: str) -> str:
     return command if " --resume" in f" {command} " else f"{command} --resume"
 
 
+@dataclass
+class _Plan:
+    """A run's settings resolved from the arguments and the preset (nothing built yet)."""
+
+    out_dir: Path
+    preset: Preset
+    device: torch.device
+    task: Task
+    model_kwargs: dict
+    epochs: int
+    warmup: float
+    batch_size: int
+    n_train: int
+    n_eval: int
+    cuda_graph: bool
+
+
+def _plan(task, model_name, out_dir, preset, seed, device, epochs, mixer, resume, n_train, n_eval, batch_size,
+          model_overrides, threads, cuda_graph, task_format) -> _Plan:
+    """Check every argument (one UserError naming the first bad one) and resolve the preset's values,
+    before anything is built or written."""
+    out_dir = check_output(out_dir, "out_dir")
+    # None = the preset's value; 0 or a negative value is an error, never a silent fallback
+    positive_settings({"epochs": epochs, "n_train": n_train, "n_eval": n_eval, "batch_size": batch_size,
+                       "threads": threads}, as_flags=False)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device!r} requested but no CUDA GPU is visible; use --device cpu")
+    dev = torch.device(device)
+    use_graph = dev.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+    if use_graph and dev.type != "cuda":
+        raise UserError(f"cuda_graph=True needs device='cuda', got device={device!r}")
+    p = preset if isinstance(preset, Preset) else get_preset(preset, str(dev))
+    check_seeds(seed, "seed")
+    if mixer not in ("mamba1", "mamba2"):
+        raise UserError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
+    state_path = out_dir / STATE_FILE
+    if resume and not state_path.is_file():
+        raise UserError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
+    if not resume and state_path.exists():
+        raise UserError(f"{out_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) "
+                        "or choose another output directory")
+    n_epochs = p.epochs if epochs is None else epochs
+    mkw = p.model_kwargs(model_name, mixer, task if isinstance(task, str) else task.name)
+    mkw.update(model_overrides or {})
+    task_obj = resolve_task(task, mkw.get("n_layers", 2), task_format)
+    return _Plan(out_dir, p, dev, task_obj, mkw, n_epochs, p.warmup_epochs * n_epochs / p.epochs,
+                 p.batch_size_for(task_obj.name) if batch_size is None else batch_size,
+                 p.n_train_for(task_obj.name) if n_train is None else n_train,
+                 p.n_eval if n_eval is None else n_eval, use_graph)
+
+
 def train(
     task: Union[str, Task],
     model_name: str,
@@ -352,38 +407,12 @@ def train(
         ``complete`` and ``provenance``.
     """
     t_start = time.time()
-    out_dir = check_output(out_dir, "out_dir")
-    # None = the preset's value; 0 or a negative value is an error, never a silent fallback
-    positive_settings({"epochs": epochs, "n_train": n_train, "n_eval": n_eval, "batch_size": batch_size,
-                       "threads": threads}, as_flags=False)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device!r} requested but no CUDA GPU is visible; use --device cpu")
-    dev = torch.device(device)
-    use_graph = dev.type == "cuda" if cuda_graph is None else bool(cuda_graph)
-    if use_graph and dev.type != "cuda":
-        raise UserError(f"cuda_graph=True needs device='cuda', got device={device!r}")
-    p = preset if isinstance(preset, Preset) else get_preset(preset, str(dev))
-    check_seeds(seed, "seed")
-    if mixer not in ("mamba1", "mamba2"):
-        raise UserError(f"mixer must be 'mamba1' or 'mamba2', got {mixer!r}")
+    plan = _plan(task, model_name, out_dir, preset, seed, device, epochs, mixer, resume, n_train, n_eval, batch_size,
+                 model_overrides, threads, cuda_graph, task_format)
+    out_dir, p, dev, task_obj, mkw = plan.out_dir, plan.preset, plan.device, plan.task, plan.model_kwargs
+    n_epochs, warmup, bs, n_tr, n_ev, use_graph = (plan.epochs, plan.warmup, plan.batch_size, plan.n_train,
+                                                   plan.n_eval, plan.cuda_graph)
     state_path = out_dir / STATE_FILE
-    if resume and not state_path.is_file():
-        raise UserError(f"--resume: no {STATE_FILE} in {out_dir}; start the run without --resume")
-    if not resume and state_path.exists():
-        raise UserError(f"{out_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) "
-                        "or choose another output directory")
-    n_epochs = p.epochs if epochs is None else epochs
-    warmup = p.warmup_epochs * n_epochs / p.epochs
-    mkw = p.model_kwargs(model_name, mixer, task if isinstance(task, str) else task.name)
-    mkw.update(model_overrides or {})
-    task_obj = resolve_task(task, mkw.get("n_layers", 2), task_format)
-    bs = p.batch_size_for(task_obj.name) if batch_size is None else batch_size
-    n_tr = p.n_train_for(task_obj.name) if n_train is None else n_train
-    n_ev = p.n_eval if n_eval is None else n_eval
     command = command if command is not None else " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
     # ---- data and model (both deterministic in seed) ----------------------------------------
