@@ -150,6 +150,11 @@ def explain(study: StudyResult, grid: Optional[list] = None, mixer: str = "mamba
     head = (f"The evidence supports {EXPLANATIONS[verdict]}" if verdict != "undecided"
             else "The evidence does not single out one explanation")
     sentence = head + " (" + "; ".join(parts) + ")."
+    named = [(role, [m for m in study.models.values() if m.role == role]) for role in ("fails", "solves")]
+    if all(ms for _, ms in named):
+        sentence = ("Failing (test accuracy <= 0.35): " + ", ".join(f"{m.name} {m.accuracy:.2f}" for m in named[0][1])
+                    + "; solving (>= 0.9): " + ", ".join(f"{m.name} {m.accuracy:.2f}" for m in named[1][1]) + ". "
+                    + sentence)
     if verdict != "conv":
         sentence += (" This disagrees with the paper, which blames the conv's asymmetric fusion of neighbouring "
                      "tokens.")

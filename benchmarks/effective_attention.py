@@ -24,36 +24,50 @@ Usage (device): python benchmarks/effective_attention.py [--mixer mamba1|mamba2]
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 import torch
 
+try:  # run as a script: this folder is on sys.path
+    from _timing import add_quick_json, gpu_missing, measure, parser, print_table, write_json
+except ImportError:  # imported as benchmarks.effective_attention
+    from benchmarks._timing import add_quick_json, gpu_missing, measure, parser, print_table, write_json
 
-def measure(fn):
-    """(ms of this one call timed with CUDA events, peak extra bytes, result) of fn()."""
-    torch.cuda.synchronize()
+HEADER = ("case", "output GB", "Triton ms", "Triton peak GB", "PyTorch chunked ms", "PyTorch peak GB",
+          "PyTorch/Triton", "rel err")
+
+
+def compare(run_tri, run_pt, do_bench) -> dict:
+    """Time and peak memory of the Triton and the PyTorch call, and their relative difference."""
+    _, m_tri, tri = measure(run_tri)          # first call compiles; its peak memory is what counts
+    t_tri = do_bench(run_tri, warmup=3, rep=100, return_mode="median")
+    t_pt, m_pt, ref = measure(run_pt)
+    err = ((tri.double() - ref.double()).norm() / ref.double().norm()).item()
+    del tri, ref
     torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    out = fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end), torch.cuda.max_memory_allocated() - base, out
+    return dict(triton_ms=t_tri, triton_peak_gb=m_tri / 1e9, torch_ms=t_pt, torch_peak_gb=m_pt / 1e9,
+                rel_err_triton_vs_torch=err)
+
+
+def print_rows(title: str, rows, materialise: int, card: int, what: str) -> bool:
+    """The table of rows and the materialising method's row; whether that method fits on the card."""
+    print(title)
+    print_table(HEADER, [[r["case"], f"{r['out_gb']:.2f}", f"{r['triton_ms']:.1f}", f"{r['triton_peak_gb']:.2f}",
+                          f"{r['torch_ms']:.1f}", f"{r['torch_peak_gb']:.2f}", f"{r['torch_ms'] / r['triton_ms']:.0f}x",
+                          f"{r['rel_err_triton_vs_torch']:.1e}"] for r in rows])
+    fits = materialise < card
+    print(f"| materialise [{what}] fp32 | {materialise / 1e9:.0f} | "
+          f"{'fits' if fits else 'cannot run'} | {materialise / card:.2g}x the card's memory | - | - | - | - |")
+    return fits
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p = parser(__doc__)
+    add_quick_json(p)
     p.add_argument("--mixer", choices=("mamba1", "mamba2"), default="mamba1",
                    help="mamba1: per-channel maps; mamba2: per-head (SSD) maps")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/effective_attention.py needs a GPU", file=sys.stderr)
+    if gpu_missing("benchmarks/effective_attention.py"):
         return 2
     from triton.testing import do_bench
 
@@ -86,38 +100,19 @@ def main(argv=None) -> int:
         out_bytes = batch * L * L * 4 * (1 if reduce else n_chan)
         run_tri = lambda: effective_attention_triton(delta, A, B, C, bias, True, channels=ch,  # noqa: E731
                                                      reduce=reduce)
-        _, m_tri, tri = measure(run_tri)          # first call compiles; its peak memory is what counts
-        t_tri = do_bench(run_tri, warmup=3, rep=100, return_mode="median")
-        t_pt, m_pt, ref = measure(lambda: effective_attention_torch(delta, A, B, C, bias, True, channels=ch,
-                                                                    reduce=reduce))
-        err = ((tri.double() - ref.double()).norm() / ref.double().norm()).item()
-        del tri, ref
+        run_pt = lambda: effective_attention_torch(delta, A, B, C, bias, True, channels=ch,  # noqa: E731
+                                                   reduce=reduce)
         rows.append(dict(case=label, channels=n_chan, reduce=reduce, out_gb=out_bytes / 1e9,
-                         triton_ms=t_tri, triton_peak_gb=m_tri / 1e9, torch_ms=t_pt, torch_peak_gb=m_pt / 1e9,
-                         rel_err_triton_vs_torch=err))
+                         **compare(run_tri, run_pt, do_bench)))
     materialise = batch * d_inner * d_state * L * L * 4
 
-    print(f"\n# effective attention on {dev} ({card / 2**30:.0f} GiB): batch {batch}, d_inner {d_inner}, "
-          f"d_state {d_state}, L {L}, fp32")
-    hdr = ("case", "output GB", "Triton ms", "Triton peak GB", "PyTorch chunked ms", "PyTorch peak GB",
-           "PyTorch/Triton", "rel err")
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for r in rows:
-        print(f"| {r['case']} | {r['out_gb']:.2f} | {r['triton_ms']:.1f} | {r['triton_peak_gb']:.2f} | "
-              f"{r['torch_ms']:.1f} | {r['torch_peak_gb']:.2f} | {r['torch_ms'] / r['triton_ms']:.0f}x | "
-              f"{r['rel_err_triton_vs_torch']:.1e} |")
-    fits = materialise < card
-    print(f"| materialise [b, c, n, L, L] fp32 | {materialise / 1e9:.0f} | "
-          f"{'fits' if fits else 'cannot run'} | {materialise / card:.2g}x the card's memory "
-          "| - | - | - | - |")
+    fits = print_rows(f"\n# effective attention on {dev} ({card / 2**30:.0f} GiB): batch {batch}, d_inner {d_inner}, "
+                      f"d_state {d_state}, L {L}, fp32", rows, materialise, card, "b, c, n, L, L")
     if not fits:
         print(f"(the materialising method needs {materialise / 1e9:.0f} GB for one tensor, "
               f"{materialise / card:.0f}x the {card / 1e9:.0f} GB on this card: not attempted)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=dev, card_bytes=card, batch=batch, d_inner=d_inner, d_state=d_state, L=L,
-                           rows=rows, materialise_bytes=materialise, materialise_fits=fits), f, indent=2)
+    write_json(args.json, dict(device=dev, card_bytes=card, batch=batch, d_inner=d_inner, d_state=d_state, L=L,
+                               rows=rows, materialise_bytes=materialise, materialise_fits=fits))
     return 0
 
 
@@ -142,38 +137,20 @@ def main_mamba2(args, do_bench) -> int:
     for label, reduce in (("sum over all heads", "sum"), (f"all {nheads} heads, full M", None)):
         out_bytes = batch * L * L * 4 * (1 if reduce else nheads)
         run_tri = lambda: ssd_effective_attention_triton(dt, A, B, C, bias, True, reduce=reduce)  # noqa: E731
-        _, m_tri, tri = measure(run_tri)          # first call compiles; its peak memory is what counts
-        t_tri = do_bench(run_tri, warmup=3, rep=100, return_mode="median")
-        t_pt, m_pt, ref = measure(lambda: ssd_effective_attention_torch(dt, A, B, C, bias, True, reduce=reduce))
-        err = ((tri.double() - ref.double()).norm() / ref.double().norm()).item()
-        del tri, ref
-        torch.cuda.empty_cache()
-        rows.append(dict(case=label, heads=nheads, reduce=reduce, out_gb=out_bytes / 1e9, triton_ms=t_tri,
-                         triton_peak_gb=m_tri / 1e9, torch_ms=t_pt, torch_peak_gb=m_pt / 1e9,
-                         rel_err_triton_vs_torch=err))
+        run_pt = lambda: ssd_effective_attention_torch(dt, A, B, C, bias, True, reduce=reduce)  # noqa: E731
+        rows.append(dict(case=label, heads=nheads, reduce=reduce, out_gb=out_bytes / 1e9,
+                         **compare(run_tri, run_pt, do_bench)))
     materialise = batch * d_inner * d_state * L * L * 4
 
-    print(f"\n# Mamba-2 (SSD) effective attention on {dev} ({card / 2**30:.0f} GiB): batch {batch}, "
-          f"d_inner {d_inner} ({nheads} heads x {headdim}), d_state {d_state}, 1 group, L {L}, fp32")
-    hdr = ("case", "output GB", "Triton ms", "Triton peak GB", "PyTorch chunked ms", "PyTorch peak GB",
-           "PyTorch/Triton", "rel err")
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for r in rows:
-        print(f"| {r['case']} | {r['out_gb']:.2f} | {r['triton_ms']:.1f} | {r['triton_peak_gb']:.2f} | "
-              f"{r['torch_ms']:.1f} | {r['torch_peak_gb']:.2f} | {r['torch_ms'] / r['triton_ms']:.0f}x | "
-              f"{r['rel_err_triton_vs_torch']:.1e} |")
-    fits = materialise < card
-    print(f"| materialise [b, d_inner, n, L, L] fp32 | {materialise / 1e9:.0f} | "
-          f"{'fits' if fits else 'cannot run'} | {materialise / card:.2g}x the card's memory | - | - | - | - |")
+    fits = print_rows(f"\n# Mamba-2 (SSD) effective attention on {dev} ({card / 2**30:.0f} GiB): batch {batch}, "
+                      f"d_inner {d_inner} ({nheads} heads x {headdim}), d_state {d_state}, 1 group, L {L}, fp32",
+                      rows, materialise, card, "b, d_inner, n, L, L")
     s = rows[0]
     print(f"target (head-summed map, L {L}): < 100 ms and < 1 GB peak: "
           f"{s['triton_ms']:.1f} ms, {s['triton_peak_gb']:.2f} GB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(mixer="mamba2", device=dev, card_bytes=card, batch=batch, d_inner=d_inner,
-                           headdim=headdim, d_state=d_state, L=L, rows=rows, materialise_bytes=materialise,
-                           materialise_fits=fits), f, indent=2)
+    write_json(args.json, dict(mixer="mamba2", device=dev, card_bytes=card, batch=batch, d_inner=d_inner,
+                               headdim=headdim, d_state=d_state, L=L, rows=rows, materialise_bytes=materialise,
+                               materialise_fits=fits))
     return 0
 
 

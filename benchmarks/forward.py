@@ -12,30 +12,20 @@ Usage (device): python benchmarks/forward.py [--mixer mamba1|mamba2] [--quick] [
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
 import torch
 
+try:  # run as a script: this folder is on sys.path
+    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+except ImportError:  # imported as benchmarks.forward
+    from benchmarks._timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+
 
 def bench(fn, warmup=3, reps=10):
     """Median wall time (ms) of fn() with CUDA synchronisation around each call."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    return median_ms(fn, warmup, reps)
 
 
 def naive_state_loop(cache, model):
@@ -56,13 +46,11 @@ def naive_state_loop(cache, model):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--mixer", default="mamba1", choices=["mamba1", "mamba2"])
-    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    p.add_argument("--json", help="also write the numbers to this JSON file")
+    add_quick_json(p)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/forward.py needs a GPU", file=sys.stderr)
+    if gpu_missing("benchmarks/forward.py"):
         return 2
     from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
@@ -118,19 +106,20 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     print(f"\nHookedMamba ({args.mixer}) vs mamba_ssm MambaLMHeadModel, d_model {d_model}, {n_layer} layers, "
           f"batch {batch}, fp32, {torch.cuda.get_device_name()}")
-    print("| L | logits rel.err | mamba_ssm ms | hooks off ms (ratio, target <=1.10) | "
-          "run_with_cache ms (ratio, target <=1.60) | state cost ms: our all-pos cache minus the same cache "
-          "without states | naive loop ms (speed-up on the state cost, target >=50; end to end) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        states = (f"{r['state_cost_ms']:.1f} ({r['states_ms']:.1f} - {r['inputs_cache_ms']:.1f}) | "
+    header = ("L", "logits rel.err", "mamba_ssm ms", "hooks off ms (ratio, target <=1.10)",
+              "run_with_cache ms (ratio, target <=1.60)",
+              "state cost ms: our all-pos cache minus the same cache without states",
+              "naive loop ms (speed-up on the state cost, target >=50; end to end)")
+
+    def cells(r):
+        states = [f"{r['state_cost_ms']:.1f} ({r['states_ms']:.1f} - {r['inputs_cache_ms']:.1f})",
                   f"{r['naive_loop_ms']:.0f} ({r['states_speedup']:.0f}x; {r['end_to_end_speedup']:.1f}x end to end, "
-                  f"state rel.err {r['states_rel_err']:.1e})") if "states_ms" in r else "n/a | n/a"
-        print(f"| {r['L']} | {r['rel_err']:.1e} | {r['mamba_ssm_ms']:.2f} | {r['hooks_off_ms']:.2f} "
-              f"({r['hooks_off_ratio']:.2f}x) | {r['run_with_cache_ms']:.2f} ({r['cache_ratio']:.2f}x) | {states} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+                  f"state rel.err {r['states_rel_err']:.1e})"] if "states_ms" in r else ["n/a", "n/a"]
+        return [str(r["L"]), f"{r['rel_err']:.1e}", f"{r['mamba_ssm_ms']:.2f}",
+                f"{r['hooks_off_ms']:.2f} ({r['hooks_off_ratio']:.2f}x)",
+                f"{r['run_with_cache_ms']:.2f} ({r['cache_ratio']:.2f}x)", *states]
+    print_table(header, [cells(r) for r in rows])
+    write_json(args.json, rows)
     return 0
 
 

@@ -10,22 +10,24 @@ Usage (device): python benchmarks/mamba130m_demo.py [--batch 1] [--json PATH]
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 import torch
 
+try:  # run as a script: this folder is on sys.path
+    from _timing import gpu_missing, parser, print_table, timed, write_json
+except ImportError:  # imported as benchmarks.mamba130m_demo
+    from benchmarks._timing import gpu_missing, parser, print_table, timed, write_json
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--positions", type=int, default=64, help="state positions cached per layer")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("needs a GPU", file=sys.stderr)
+    if gpu_missing("benchmarks/mamba130m_demo.py"):
         return 2
     from achilles_interp import HookedMamba, MambaConfig
 
@@ -34,25 +36,10 @@ def main(argv=None) -> int:
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len), device="cuda")
     positions = torch.linspace(0, args.seq_len - 1, args.positions).round().long().tolist()
 
-    def timed(fn, reps=3):
-        fn()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(reps):
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-            del out
-        return sorted(times)[reps // 2], (torch.cuda.max_memory_allocated() - base) / 2**30
-
     with torch.no_grad():
         t_fwd, m_fwd = timed(lambda: model(tokens))
         t_cache, m_cache = timed(lambda: model.run_with_cache(tokens, ssm_state_positions=positions))
+        m_fwd, m_cache = m_fwd / 2**30, m_cache / 2**30
         _, cache = model.run_with_cache(tokens, ssm_state_positions=positions)
         n_entries = len(cache.keys())
         state_shape = tuple(cache["blocks.0.mixer.hook_ssm_state"].shape)
@@ -63,14 +50,12 @@ def main(argv=None) -> int:
                cache_gb=cache_gb, state_shape_per_layer=state_shape)
     print(f"\nmamba-130m-shaped model (d_model 768, 24 layers), batch {args.batch}, L {args.seq_len}, fp32, "
           f"{res['device']}")
-    print("| run | time ms | peak extra GPU memory GB |")
-    print("|---|---|---|")
-    print(f"| forward, no hooks (fused kernels) | {t_fwd:.1f} | {m_fwd:.2f} |")
-    print(f"| run_with_cache, every hook + states at {args.positions} positions x 24 layers "
-          f"({n_entries} entries, {cache_gb:.2f} GB; state {state_shape}) | {t_cache:.1f} | {m_cache:.2f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    print_table(("run", "time ms", "peak extra GPU memory GB"), [
+        ("forward, no hooks (fused kernels)", f"{t_fwd:.1f}", f"{m_fwd:.2f}"),
+        (f"run_with_cache, every hook + states at {args.positions} positions x 24 layers "
+         f"({n_entries} entries, {cache_gb:.2f} GB; state {state_shape})", f"{t_cache:.1f}", f"{m_cache:.2f}"),
+    ])
+    write_json(args.json, res)
     return 0
 
 

@@ -20,28 +20,56 @@ Usage (device): python benchmarks/states.py [--mixer mamba1|mamba2] [--quick] [-
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
+try:  # run as a script: this folder is on sys.path
+    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+except ImportError:  # imported as benchmarks.states
+    from benchmarks._timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
 
-def median_ms(fn, reps=3):
-    """Median wall time (ms) of fn() over reps runs after one warm-up, with CUDA events."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+N_LISTED = 16   # positions of the "listed states" timing
+
+
+def setup(args, do_bench):
+    """(copy bandwidth GB/s, device name, the kernel timer: median of do_bench) of a run."""
+    bw = copy_bandwidth_gbs(do_bench, (256 << 20) if args.quick else (4 << 30))
+
+    def bench(fn):
+        return do_bench(fn, warmup=25, rep=200, return_mode="median")
+    return bw, torch.cuda.get_device_name(), bench
+
+
+def loop_check(loop, args_upto, st_all, L, loop_len):
+    """The per-timestep loop on the first loop_L = min(L, loop_len) tokens (L without loop_len), built by
+    ``args_upto(loop_L)``: (loop_L, those arguments, the relative error of the states st_all there)."""
+    loop_L = min(L, loop_len) if loop_len else L
+    loop_args = args_upto(loop_L)
+    _, st_loop = loop(*loop_args)
+    return loop_L, loop_args, ((st_all[:, :loop_L] - st_loop).norm() / st_loop.norm()).item()
+
+
+TAIL_HEADER = ("loop ms", "loop/all", "states GB", "write GB/s", "% copy bw", "y err", "h err")
+
+
+def print_report(title, bw, header, rows, head_cells, y_err):
+    """The table of a run: ``header`` + TAIL_HEADER; a row's cells are ``head_cells(r)`` then the loop time
+    (scaled to L where --loop-len was shorter), loop / all states, the states' size and write bandwidth,
+    that as a share of the copy bandwidth bw, r[y_err] and the states' error."""
+    print(title)
+    print(f"# device-to-device copy bandwidth (read + write bytes): {bw:.0f} GB/s")
+
+    def tail(r):
+        loop = f"{r['t_loop_ms']:.1f}"
+        if r["loop_len"] != r["L"]:
+            loop += f" (L={r['loop_len']} x{r['L'] // r['loop_len']})"
+        return [loop, f"{r['t_loop_ms'] / r['t_all_states_ms']:.0f}x", f"{r['state_gb']:.2f}",
+                f"{r['state_write_gbs']:.0f}", f"{100 * r['state_write_gbs'] / bw:.0f}%", f"{r[y_err]:.1e}",
+                f"{r['states_rel_err_vs_loop']:.1e}"]
+    print_table(header + TAIL_HEADER, [head_cells(r) + tail(r) for r in rows])
 
 
 def copy_bandwidth_gbs(do_bench, n_bytes=2 << 30):
@@ -104,12 +132,10 @@ def bench_length(L, batch, d_inner, d_state, n_listed, loop_len, bench):
         y_ref = selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=bias, delta_softplus=True)
         y_all, st_all, _ = ours(u, delta, B, C, "all")
         y_err = ((y_all - y_ref).norm() / y_ref.norm()).item()
-        loop_L = min(L, loop_len) if loop_len else L
-        sl = slice(0, loop_L)
-        loop_args = (u[..., sl], delta[..., sl], A, B[..., sl], C[..., sl], D, bias)
-        _, st_loop = per_timestep_loop(*loop_args)
-        st_err = ((st_all[:, sl] - st_loop).norm() / st_loop.norm()).item()
-        del st_loop, st_all, y_all, y_ref
+        loop_L, loop_args, st_err = loop_check(
+            per_timestep_loop, lambda n: (u[..., :n], delta[..., :n], A, B[..., :n], C[..., :n], D, bias),
+            st_all, L, loop_len)
+        del st_all, y_all, y_ref
         t_loop = median_ms(lambda: per_timestep_loop(*loop_args)) * (L / loop_L)
     torch.cuda.empty_cache()
     return dict(L=L, t_selective_scan_fn_ms=t_ref, t_y_only_ms=t_y, t_all_states_ms=t_all,
@@ -143,11 +169,10 @@ def sweep_configs(L, batch, d_inner, d_state, bench):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--mixer", choices=("mamba1", "mamba2"), default="mamba1",
                    help="mamba1: selective_scan_states; mamba2: ssd_scan_states")
-    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    p.add_argument("--json", help="also write the numbers to this JSON file")
+    add_quick_json(p)
     p.add_argument("--sweep", action="store_true",
                    help="also time BLOCK_D (mamba1) / BLOCK_P (mamba2) x num_warps configurations")
     p.add_argument("--loop-len", type=int, default=None,
@@ -156,8 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--headdim", type=int, default=64, help="mamba2: head dimension (default 64)")
     p.add_argument("--chunk-size", type=int, default=256, help="mamba2: chunk size (default 256)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/states.py needs a GPU", file=sys.stderr)
+    if gpu_missing("benchmarks/states.py"):
         return 2
     from triton.testing import do_bench
 
@@ -166,43 +190,27 @@ def main(argv=None) -> int:
 
     batch, d_inner, d_state = (2, 256, 16) if args.quick else (4, 1536, 16)
     lengths = [256] if args.quick else [512, 2048]
-    n_listed = 16
-    bw = copy_bandwidth_gbs(do_bench, (256 << 20) if args.quick else (4 << 30))
-    dev = torch.cuda.get_device_name()
-
-    def bench(fn):
-        return do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-    rows = [bench_length(L, batch, d_inner, d_state, n_listed, args.loop_len, bench) for L in lengths]
+    bw, dev, bench = setup(args, do_bench)
+    rows = [bench_length(L, batch, d_inner, d_state, N_LISTED, args.loop_len, bench) for L in lengths]
     results = dict(device=dev, batch=batch, d_inner=d_inner, d_state=d_state, copy_bandwidth_gbs=bw,
                    rows=rows)
 
-    print(f"\n# selective_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner}, "
-          f"d_state {d_state}, fp32 inputs unless noted, delta_softplus, D; medians of do_bench")
-    print(f"# device-to-device copy bandwidth (read + write bytes): {bw:.0f} GB/s")
-    hdr = ("L", "scan_fn ms", "y-only ms", "all ms", "all/scan_fn", f"{n_listed} pos ms", "all t-major ms",
-           "all bf16 ms", "loop ms", "loop/all", "states GB", "write GB/s", "% copy bw", "y err", "h err")
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for r in rows:
-        loop = f"{r['t_loop_ms']:.1f}"
-        if r["loop_len"] != r["L"]:
-            loop += f" (L={r['loop_len']} x{r['L'] // r['loop_len']})"
-        cells = [str(r["L"]), f"{r['t_selective_scan_fn_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
-                 f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / r['t_selective_scan_fn_ms']:.2f}x",
-                 f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_time_major_ms']:.3f}",
-                 f"{r['t_all_states_bf16_ms']:.3f}", loop, f"{r['t_loop_ms'] / r['t_all_states_ms']:.0f}x",
-                 f"{r['state_gb']:.2f}", f"{r['state_write_gbs']:.0f}",
-                 f"{100 * r['state_write_gbs'] / bw:.0f}%",
-                 f"{r['y_rel_err_vs_selective_scan_fn']:.1e}", f"{r['states_rel_err_vs_loop']:.1e}"]
-        print("| " + " | ".join(cells) + " |")
+    title = (f"\n# selective_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner}, "
+             f"d_state {d_state}, fp32 inputs unless noted, delta_softplus, D; medians of do_bench")
+    header = ("L", "scan_fn ms", "y-only ms", "all ms", "all/scan_fn", f"{N_LISTED} pos ms", "all t-major ms",
+              "all bf16 ms")
+
+    def cells(r):
+        return [str(r["L"]), f"{r['t_selective_scan_fn_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
+                f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / r['t_selective_scan_fn_ms']:.2f}x",
+                f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_time_major_ms']:.3f}",
+                f"{r['t_all_states_bf16_ms']:.3f}"]
+    print_report(title, bw, header, rows, cells, "y_rel_err_vs_selective_scan_fn")
     print("targets: all/scan_fn <= 3x; loop/all >= 100x")
 
     if args.sweep:
         results["sweep"] = sweep_configs(lengths[-1], batch, d_inner, d_state, bench)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 
@@ -278,12 +286,9 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
             y_ref = ref()
             y_err = ((y_all - y_ref).norm() / y_ref.norm()).item()
             del y_ref
-        loop_L = min(L, loop_len) if loop_len else L
-        sl = slice(0, loop_L)
-        loop_args = (x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], D, bias)
-        _, st_loop = ssd_per_timestep_loop(*loop_args)
-        st_err = ((st_all[:, sl] - st_loop).norm() / st_loop.norm()).item()
-        del st_loop, st_all, y_all
+        loop_L, loop_args, st_err = loop_check(
+            ssd_per_timestep_loop, lambda n: (x[:, :n], dt[:, :n], A, B[:, :n], C[:, :n], D, bias), st_all, L, loop_len)
+        del st_all, y_all
         torch.cuda.empty_cache()
         t_loop = median_ms(lambda: ssd_per_timestep_loop(*loop_args)) * (L / loop_L)
     torch.cuda.empty_cache()
@@ -325,38 +330,22 @@ def main_mamba2(args, do_bench) -> int:
     nheads = d_inner // headdim
     chunk = args.chunk_size
     lengths = [256] if args.quick else [512, 2048]
-    n_listed = 16
-    bw = copy_bandwidth_gbs(do_bench, (256 << 20) if args.quick else (4 << 30))
-    dev = torch.cuda.get_device_name()
-
-    def bench(fn):
-        return do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-    rows = [ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, args.loop_len, bench)
+    bw, dev, bench = setup(args, do_bench)
+    rows = [ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, N_LISTED, args.loop_len, bench)
             for L in lengths]
     results = dict(mixer="mamba2", device=dev, batch=batch, d_inner=d_inner, nheads=nheads, headdim=headdim,
                    ngroups=1, d_state=d_state, chunk_size=chunk, copy_bandwidth_gbs=bw, rows=rows)
 
-    print(f"\n# ssd_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner} ({nheads} heads x {headdim}), "
-          f"d_state {d_state}, 1 group, chunk {chunk}, fp32 inputs unless noted, dt_softplus, D; "
-          "medians of do_bench")
-    print(f"# device-to-device copy bandwidth (read + write bytes): {bw:.0f} GB/s")
-    hdr = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", f"{n_listed} pos ms", "all bf16 ms", "loop ms",
-           "loop/all", "states GB", "write GB/s", "% copy bw", "y err", "h err")
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for r in rows:
-        loop = f"{r['t_loop_ms']:.1f}"
-        if r["loop_len"] != r["L"]:
-            loop += f" (L={r['loop_len']} x{r['L'] // r['loop_len']})"
-        cells = [str(r["L"]), f"{r['t_mamba_chunk_scan_combined_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
-                 f"{r['t_all_states_ms']:.3f}",
-                 f"{r['t_all_states_ms'] / r['t_mamba_chunk_scan_combined_ms']:.2f}x",
-                 f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_bf16_ms']:.3f}", loop,
-                 f"{r['t_loop_ms'] / r['t_all_states_ms']:.0f}x", f"{r['state_gb']:.2f}",
-                 f"{r['state_write_gbs']:.0f}", f"{100 * r['state_write_gbs'] / bw:.0f}%",
-                 f"{r['y_rel_err_vs_mamba_chunk_scan_combined']:.1e}", f"{r['states_rel_err_vs_loop']:.1e}"]
-        print("| " + " | ".join(cells) + " |")
+    title = (f"\n# ssd_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner} ({nheads} heads x {headdim}), "
+             f"d_state {d_state}, 1 group, chunk {chunk}, fp32 inputs unless noted, dt_softplus, D; "
+             "medians of do_bench")
+    header = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", f"{N_LISTED} pos ms", "all bf16 ms")
+
+    def cells(r):
+        return [str(r["L"]), f"{r['t_mamba_chunk_scan_combined_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
+                f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / r['t_mamba_chunk_scan_combined_ms']:.2f}x",
+                f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_bf16_ms']:.3f}"]
+    print_report(title, bw, header, rows, cells, "y_rel_err_vs_mamba_chunk_scan_combined")
     print("mcsc = mamba_ssm's mamba_chunk_scan_combined (y only, no states; nan where it does not import)")
     for r in rows:
         floor = r["state_gb"] / bw * 1e3                          # ms to write the states at copy bandwidth
@@ -366,9 +355,7 @@ def main_mamba2(args, do_bench) -> int:
     print("targets: all/mcsc <= 2x; loop/all >= 100x")
     if args.sweep:
         results["sweep"] = ssd_sweep_configs(lengths[-1], batch, nheads, headdim, d_state, chunk, bench)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 

@@ -98,3 +98,29 @@ def test_top_level_analyses_and_probes_refuse_a_second_copy(pkg):
     assert r.returncode != 0 and f"import this package as achilles_interp.{pkg}" in r.stderr
     ok = subprocess.run([sys.executable, "-c", f"import achilles_interp.{pkg}"], cwd=root, capture_output=True)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_help_imports_neither_torch_nor_transformer_lens():
+    """`achilles-interp --help` and every command's --help build their parsers without the heavy
+    imports (a fresh interpreter, so nothing else has imported them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom achilles_interp.cli import build_parser\np = build_parser()\n"
+            "subs = p._subparsers._group_actions[0].choices\n"
+            "assert set(subs) == {'info', 'train', 'compare', 'patch', 'reproduce'}\n"
+            "texts = [p.format_help()] + [sub.format_help() for sub in subs.values()]\n"
+            "print(sorted(m for m in ('torch', 'transformer_lens', 'matplotlib') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`achilles-interp info --json NAME | head -1`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m achilles_interp.cli info mamba2-inverse --json | head -1"
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    assert r.stdout.strip() == "{" and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr

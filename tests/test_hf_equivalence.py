@@ -10,19 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from achilles_interp import HookedMamba  # noqa: E402
-
-
-def _randomise(model: torch.nn.Module, seed: int) -> None:
-    """HF init leaves D = 1, norms = 1, biases = 0: perturb every parameter so nothing is trivially equal."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "A_log" in name:
-                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
-            elif "dt_bias" in name or "dt_proj.bias" in name:
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 3)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+from test_hub import randomise as _randomise  # noqa: E402  (one perturbation for every HF comparison)
 
 
 def _ours_and_hf(hf_class, cfg, tmp_path, seed: int):

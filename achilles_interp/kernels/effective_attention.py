@@ -30,7 +30,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .triton_scan import _require_triton, triton, triton_available
+from .triton_scan import _check_same_device, _require_triton, _resolve_backend, _shape, triton, triton_available
 
 if triton is not None:
     import triton.language as tl
@@ -46,19 +46,50 @@ _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # ---------------------------------------------------------------------------------------------
 # Shared input handling
 # ---------------------------------------------------------------------------------------------
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+def _check_dtypes(named, note: str = "") -> None:
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOATS:
+            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float64, bfloat16, float16{note}")
+
+
+def _check_reduce(reduce, out_dtype) -> None:
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of None, 'sum', 'abs_sum', got {reduce!r}")
+    if out_dtype not in _FLOATS:
+        raise ValueError(f"out_dtype must be a floating dtype, got {out_dtype}")
+
+
+def _rows(sel, n: int, what: str, unit: str, device: torch.device) -> torch.Tensor:
+    """The selected rows (channels or heads) ``[rows]``: all ``n`` for None, else checked indices."""
+    if sel is None:
+        return torch.arange(n, device=device)
+    idx = torch.as_tensor(sel, device=device)
+    if idx.dtype == torch.bool or idx.is_floating_point() or idx.dim() != 1 or idx.numel() == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D list / LongTensor of {unit} indices, got "
+                         f"{idx.dtype} of shape {_shape(idx)}")
+    idx = idx.long()
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{what} must lie in [0, {n}), got min {lo}, max {hi}")
+    return idx
+
+
+def _step(dt, dim: int, idx, bias, softplus: bool, compute_dtype) -> torch.Tensor:
+    """The rows ``idx`` of dt along ``dim``, plus their bias, softplus-ed (threshold 20, as mamba_ssm)."""
+    d = dt.index_select(dim, idx).to(compute_dtype)
+    if bias is not None:
+        d = d + bias.index_select(0, idx).to(compute_dtype).view(-1, *[1] * (dt.dim() - 1 - dim))
+    if softplus:
+        d = F.softplus(d)
+    return d
 
 
 def _prepare(delta, A, B, C, delta_bias, delta_softplus, channels, reduce, out_dtype, compute_dtype):
     """Validate; return dt ``[batch, c, L]``, A ``[c, n]`` (selected channels, compute dtype), B, C
     ``[batch, n, L]`` (compute dtype) and the channel index ``[c]``."""
-    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float64, bfloat16, float16 "
-                             "(real A only)")
+    _check_dtypes((("delta", delta), ("A", A), ("B", B), ("C", C)), " (real A only)")
     if delta.dim() != 3:
         raise ValueError(f"delta must be [batch, d_inner, L], got {_shape(delta)}")
     batch, d_inner, L = delta.shape
@@ -81,34 +112,47 @@ def _prepare(delta, A, B, C, delta_bias, delta_softplus, channels, reduce, out_d
     B, C = bc
     if delta_bias is not None and tuple(delta_bias.shape) != (d_inner,):
         raise ValueError(f"delta_bias must be [d_inner] = [{d_inner}], got {_shape(delta_bias)}")
-    if reduce not in _REDUCE:
-        raise ValueError(f"reduce must be one of None, 'sum', 'abs_sum', got {reduce!r}")
-    if out_dtype not in _FLOATS:
-        raise ValueError(f"out_dtype must be a floating dtype, got {out_dtype}")
-    device = delta.device
-    for name, t in (("A", A), ("B", B), ("C", C), ("delta_bias", delta_bias)):
-        if t is not None and t.device != device:
-            raise ValueError(f"all tensors must be on one device: delta is on {device}, {name} on {t.device}")
-
-    if channels is None:
-        idx = torch.arange(d_inner, device=device)
-    else:
-        idx = torch.as_tensor(channels, device=device)
-        if idx.dtype in (torch.bool,) or idx.is_floating_point() or idx.dim() != 1 or idx.numel() == 0:
-            raise ValueError("channels must be a non-empty 1-D list / LongTensor of channel indices, got "
-                             f"{idx.dtype} of shape {_shape(idx)}")
-        idx = idx.long()
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= d_inner:
-            raise ValueError(f"channels must lie in [0, {d_inner}), got min {lo}, max {hi}")
-
-    dt = delta.index_select(1, idx).to(compute_dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.index_select(0, idx).to(compute_dtype)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)  # threshold 20, as mamba_ssm
+    _check_reduce(reduce, out_dtype)
+    device = _check_same_device("delta", delta, (("A", A), ("B", B), ("C", C), ("delta_bias", delta_bias)))
+    idx = _rows(channels, d_inner, "channels", "channel", device)
+    dt = _step(delta, 1, idx, delta_bias, delta_softplus, compute_dtype)
     A_sel = A.index_select(0, idx).to(compute_dtype)
     return dt, A_sel, B.to(compute_dtype), C.to(compute_dtype), idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by both PyTorch implementations
+# ---------------------------------------------------------------------------------------------
+def _compute_dtype(*tensors) -> torch.dtype:
+    return torch.float64 if torch.float64 in tuple(t.dtype for t in tensors) else torch.float32
+
+
+def _torch_setup(dt, reduce, out_dtype, max_chunk_elems):
+    """For dt ``[batch, rows, L]``: the fp64 cumulative step ``[batch, rows, L]`` (so Delta_i - Delta_j keeps
+    its precision for long sequences), the causal mask ``[L, L]`` (j <= i), rows per chunk and the
+    output (``[batch, rows, L, L]`` for per-row maps, None for a reduced map: the first chunk's sum)."""
+    batch, n_rows, L = dt.shape
+    cum = torch.cumsum(dt.double(), dim=-1)
+    causal = torch.ones(L, L, dtype=torch.bool, device=dt.device).tril()
+    chunk = max(1, min(n_rows, max_chunk_elems // max(1, batch * L * L)))
+    out = torch.empty(batch, n_rows, L, L, dtype=out_dtype, device=dt.device) if reduce is None else None
+    return cum, causal, chunk, out
+
+
+def _gap(cum, rows, compute_dtype) -> torch.Tensor:
+    """gap[b, r, i, j] = Delta_i - Delta_j for the given rows (>= 0 on and below the diagonal; clamped above)."""
+    return (cum[:, rows, :, None] - cum[:, rows, None, :]).clamp_min_(0).to(compute_dtype)
+
+
+def _add_chunk(out, rows, m, causal, reduce, out_dtype):
+    """Zero m ``[batch, k, L, L]`` above the diagonal and put it in ``out[:, rows]`` (reduce None) or add its
+    sum over the k rows (of |m| for "abs_sum") to out; returns out."""
+    m.masked_fill_(~causal, 0.0)
+    if reduce is None:
+        out[:, rows] = m.to(out_dtype)
+        return out
+    part = (m if reduce == "sum" else m.abs()).sum(1)
+    return part if out is None else out + part
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,33 +176,21 @@ def effective_attention_torch(
     ``max_chunk_elems // (batch * L * L)`` at a time (at least one), state dimensions one at a time:
     peak extra memory is a few ``[batch, chunk, L, L]`` tensors.
     """
-    compute = torch.float64 if torch.float64 in (delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    compute = _compute_dtype(delta, A, B, C)
     dt, A_sel, B, C, _ = _prepare(delta, A, B, C, delta_bias, delta_softplus, channels, reduce,
                                   out_dtype, compute)
     batch, n_chan, L = dt.shape
     d_state = A_sel.shape[1]
-    # Cumulative step in float64 so Delta_i - Delta_j keeps its precision for long sequences.
-    cum = torch.cumsum(dt.double(), dim=-1)                           # [batch, c, L]
-    causal = torch.ones(L, L, dtype=torch.bool, device=dt.device).tril()   # [i, j]: j <= i
-    chunk = max(1, min(n_chan, max_chunk_elems // max(1, batch * L * L)))
-    out = None
-    if reduce is None:
-        out = torch.empty(batch, n_chan, L, L, dtype=out_dtype, device=dt.device)
+    cum, causal, chunk, out = _torch_setup(dt, reduce, out_dtype, max_chunk_elems)
     for c0 in range(0, n_chan, chunk):
         c1 = min(c0 + chunk, n_chan)
-        # gap[b, c, i, j] = Delta_i - Delta_j (>= 0 on and below the diagonal; clamped above it)
-        gap = (cum[:, c0:c1, :, None] - cum[:, c0:c1, None, :]).clamp_min_(0).to(compute)
+        gap = _gap(cum, slice(c0, c1), compute)                          # [batch, c, i, j]
         bdt = B[:, None, :, :] * dt[:, c0:c1, None, :]                  # [batch, c, n, L]: B_j dt_j
         m = torch.zeros(batch, c1 - c0, L, L, dtype=compute, device=dt.device)
         for n in range(d_state):
             decay = torch.exp(A_sel[c0:c1, n, None, None] * gap)        # [batch, c, i, j], <= 1
             m += C[:, None, n, :, None] * decay * bdt[:, :, n, None, :]
-        m.masked_fill_(~causal, 0.0)
-        if reduce is None:
-            out[:, c0:c1] = m.to(out_dtype)
-        else:
-            part = (m if reduce == "sum" else m.abs()).sum(1)
-            out = part if out is None else out + part
+        out = _add_chunk(out, slice(c0, c1), m, causal, reduce, out_dtype)
     return out.to(out_dtype)
 
 
@@ -166,6 +198,56 @@ def effective_attention_torch(
 # Triton implementation
 # ---------------------------------------------------------------------------------------------
 if triton is not None:
+
+    # Pieces of both tiled kernels (Mamba-1 and Mamba-2); Triton inlines them. A program of either kernel
+    # handles one pair of tiles (i-tile ki, j-tile kj <= ki; grid axis 0), one batch row (axis 2) and one
+    # row (channel or head) or a run of rows (axis 1), reading dt ``[batch, rows, L]`` fp32 (time contiguous)
+    # and pre ``[batch, rows, n_tiles + 1]``, the fp64 exclusive prefix over tiles of dt's per-tile sums.
+    @triton.jit
+    def _tile_pair(ti_ptr, tj_ptr, pair, L, BT: tl.constexpr):
+        """The tiles of tile pair ``pair``: ki, kj, the positions of both tiles and their masks (< L)."""
+        ki = tl.load(ti_ptr + pair)
+        kj = tl.load(tj_ptr + pair)
+        ar = tl.arange(0, BT)
+        offs_i = ki * BT + ar
+        offs_j = kj * BT + ar
+        return ki, kj, offs_i, offs_j, offs_i < L, offs_j < L
+
+    @triton.jit
+    def _tile_steps(dt_base, offs_i, offs_j, mask_i, mask_j, A_ptr, row, s_A, a_offs, mask_a):
+        """This row's dt_j, a2 = A[row] log2(e) (at ``A_ptr + row * s_A + a_offs``; <= 0) and the tile-local
+        cumulative steps cum_i, cum_j (Delta minus Delta before the tile's start)."""
+        LOG2E: tl.constexpr = 1.4426950408889634
+        dt_i = tl.load(dt_base + offs_i, mask=mask_i, other=0.0)
+        dt_j = tl.load(dt_base + offs_j, mask=mask_j, other=0.0)
+        a2 = tl.load(A_ptr + row * s_A + a_offs, mask=mask_a, other=0.0) * LOG2E
+        return dt_j, a2, tl.cumsum(dt_i, axis=0), tl.cumsum(dt_j, axis=0)
+
+    @triton.jit
+    def _split_gaps(pre_base, ki, kj, dt_j, cum_j):
+        """Off-diagonal tile (kj < ki): exp(A (Delta_i - Delta_j)) = exp(A (Delta_i - Delta_r)) exp(A (Delta_r -
+        Delta_j)) with r = the last position of tile kj, both factors <= 1. Returns ``between`` (scalar >= 0)
+        and ``to_r`` ([BT], >= 0) with Delta_i - Delta_r = between + cum_i and Delta_r - Delta_j = to_r."""
+        between = (tl.load(pre_base + ki) - tl.load(pre_base + kj + 1)).to(tl.float32)
+        to_r = tl.maximum(tl.sum(dt_j, axis=0) - cum_j, 0.0)
+        return between, to_r
+
+    @triton.jit
+    def _store_tile(base, offs_i, offs_j, s_i, s_j, val, mask_i, mask_j):
+        """Store a [BT, BT] tile at base + i * s_i + j * s_j, inside the map only."""
+        tl.store(base + offs_i[:, None] * s_i + offs_j[None, :] * s_j, val, mask=mask_i[:, None] & mask_j[None, :])
+
+    @triton.jit
+    def _emit(acc, m, row_out, offs_i, offs_j, s_o_i, s_o_j, mask_i, mask_j, REDUCE: tl.constexpr):
+        """One row's tile m: REDUCE 0 stores it at ``row_out`` (its map); 1 ("sum") returns acc + m, 2
+        ("abs_sum") acc + |m|."""
+        if REDUCE == 0:
+            _store_tile(row_out, offs_i, offs_j, s_o_i, s_o_j, m, mask_i, mask_j)
+        elif REDUCE == 1:
+            acc += m
+        else:
+            acc += tl.abs(m)
+        return acc
 
     @triton.jit
     def _eff_attn_kernel(
@@ -186,13 +268,7 @@ if triton is not None:
         pair = tl.program_id(0)
         grp = tl.program_id(1)
         b = tl.program_id(2).to(tl.int64)
-        ki = tl.load(ti_ptr + pair)
-        kj = tl.load(tj_ptr + pair)
-        ar = tl.arange(0, BT)
-        offs_i = ki * BT + ar
-        offs_j = kj * BT + ar
-        mask_i = offs_i < L
-        mask_j = offs_j < L
+        ki, kj, offs_i, offs_j, mask_i, mask_j = _tile_pair(ti_ptr, tj_ptr, pair, L, BT)
         offs_n = tl.arange(0, BN)
         mask_n = offs_n < d_state
         # C_i [BT, BN] and B_j [BT, BN] are shared by all channels.
@@ -206,12 +282,8 @@ if triton is not None:
         c_hi = tl.minimum(c_lo + chan_per_prog, n_chan)
         for c in range(c_lo, c_hi):
             c64 = tl.cast(c, tl.int64)
-            dt_base = dt_ptr + b * s_dt_b + c64 * s_dt_c
-            dt_i = tl.load(dt_base + offs_i, mask=mask_i, other=0.0)
-            dt_j = tl.load(dt_base + offs_j, mask=mask_j, other=0.0)
-            a2 = tl.load(A_ptr + c64 * s_A_c + offs_n, mask=mask_n, other=0.0) * LOG2E   # [BN], <= 0
-            cum_i = tl.cumsum(dt_i, axis=0)           # Delta_i - Delta_{start of tile ki - 1}
-            cum_j = tl.cumsum(dt_j, axis=0)
+            dt_j, a2, cum_i, cum_j = _tile_steps(dt_ptr + b * s_dt_b + c64 * s_dt_c, offs_i, offs_j, mask_i, mask_j,
+                                                 A_ptr, c64, s_A_c, offs_n, mask_n)         # a2: [BN]
             if ki == kj:
                 # Diagonal tile: exp(A (cum_i - cum_j)) element by element, one state dim at a time.
                 gap = tl.maximum(cum_i[:, None] - cum_j[None, :], 0.0)                     # [BT, BT]
@@ -223,24 +295,69 @@ if triton is not None:
                     m += c_n[:, None] * tl.exp2(a2_n * gap) * (b_n * dt_j)[None, :]
                 m = tl.where(causal, m, 0.0)
             else:
-                # Off-diagonal (kj < ki): split the decay at r = last position of tile kj.
-                pre_base = pre_ptr + b * s_pre_b + c64 * s_pre_c
-                between = (tl.load(pre_base + ki) - tl.load(pre_base + kj + 1)).to(tl.float32)  # >= 0
-                to_r = tl.maximum(tl.sum(dt_j, axis=0) - cum_j, 0.0)     # Delta_r - Delta_j >= 0
+                between, to_r = _split_gaps(pre_ptr + b * s_pre_b + c64 * s_pre_c, ki, kj, dt_j, cum_j)
                 # left = C_i e^{A (Delta_i - Delta_r)}, right = B_j e^{A (Delta_r - Delta_j)} dt_j
                 left = C_i * tl.exp2(a2[None, :] * (between + cum_i)[:, None])
                 right = B_j * (tl.exp2(a2[None, :] * to_r[:, None]) * dt_j[:, None])
                 m = tl.dot(left, tl.trans(right), input_precision="ieee")
-            if REDUCE == 0:
-                tl.store(out_ptr + b * s_o_b + c64 * s_o_c + offs_i[:, None] * s_o_i
-                         + offs_j[None, :] * s_o_j, m, mask=mask_i[:, None] & mask_j[None, :])
-            elif REDUCE == 1:
-                acc += m
-            else:
-                acc += tl.abs(m)
+            acc = _emit(acc, m, out_ptr + b * s_o_b + c64 * s_o_c, offs_i, offs_j, s_o_i, s_o_j, mask_i, mask_j, REDUCE)
         if REDUCE != 0:
-            tl.store(out_ptr + grp.to(tl.int64) * s_o_g + b * s_o_b + offs_i[:, None] * s_o_i
-                     + offs_j[None, :] * s_o_j, acc, mask=mask_i[:, None] & mask_j[None, :])
+            _store_tile(out_ptr + grp.to(tl.int64) * s_o_g + b * s_o_b, offs_i, offs_j, s_o_i, s_o_j, acc,
+                        mask_i, mask_j)
+
+
+# Shared by both Triton wrappers
+def _check_block(block: int) -> None:
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 16, got {block}")
+
+
+def _kernel_inputs(dt: torch.Tensor, A_sel: torch.Tensor, block: int, what: str):
+    """Check that Triton runs on dt's device; for dt ``[batch, rows, L]`` and A: both contiguous, pre
+    ``[batch, rows, n_tiles + 1]`` (pre[b, r, k] = sum of dt over tiles < k, fp64: an exclusive prefix over
+    tiles) and the tile pairs ti, tj (int32, kj <= ki) with their count."""
+    _require_triton(dt.device, what)
+    dt = dt.contiguous()
+    A_sel = A_sel.contiguous()
+    batch, n_rows, L = dt.shape
+    n_tiles = triton.cdiv(L, block)
+    padded = F.pad(dt.double(), (0, n_tiles * block - L))
+    tile_sums = padded.view(batch, n_rows, n_tiles, block).sum(-1)
+    pre = F.pad(torch.cumsum(tile_sums, dim=-1), (1, 0)).contiguous()
+    ti, tj = torch.tril_indices(n_tiles, n_tiles, device=dt.device).to(torch.int32)
+    return dt, A_sel, pre, ti, tj, ti.numel()
+
+
+def _reduce_jobs(n_rows: int, n_pairs: int, batch: int, device: torch.device) -> int:
+    """Programs per tile pair for a reduced map: enough to fill the GPU (4 per multiprocessor) when there
+    are few tiles; each writes a partial ``[batch, L, L]`` sum."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return max(1, min(n_rows, -(-4 * sms // (n_pairs * batch))))
+
+
+def _output(batch: int, n_rows: int, L: int, reduce, out_dtype, device, jobs):
+    """The kernel's output and launch: (target, its strides (g, b, row, i, j), REDUCE code, programs per
+    tile pair, rows per program). Per-row maps: ``[batch, rows, L, L]``, one row per program. Reduced
+    maps: ``jobs()`` programs of equal runs of rows, each summing into ``target[job]`` of ``[jobs, batch,
+    L, L]`` (fp32 partial sums when there are several)."""
+    if reduce is None:
+        out = torch.zeros(batch, n_rows, L, L, dtype=out_dtype, device=device)
+        return out, (0, *out.stride()), 0, n_rows, 1
+    per = -(-n_rows // jobs())
+    n_jobs = -(-n_rows // per)
+    target = torch.zeros(n_jobs, batch, L, L, device=device, dtype=torch.float32 if n_jobs > 1 else out_dtype)
+    s_o = (target.stride(0), target.stride(1), 0, target.stride(2), target.stride(3))
+    return target, s_o, 1 if reduce == "sum" else 2, n_jobs, per
+
+
+def _result(target: torch.Tensor, reduce, out_dtype) -> torch.Tensor:
+    if reduce is None:
+        return target
+    return target[0] if target.shape[0] == 1 else target.sum(0).to(out_dtype)
+
+
+def _on_gpu(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_cuda and triton_available(t.device)
 
 
 def effective_attention_triton(
@@ -261,42 +378,17 @@ def effective_attention_triton(
     of two >= 16). Extra memory besides the output: dt ``[batch, c, L]`` and per-tile prefixes, plus,
     for a reduced map at short L, ``[groups, batch, L, L]`` partial sums over channel groups.
     """
-    if block < 16 or block & (block - 1):
-        raise ValueError(f"block must be a power of two >= 16, got {block}")
+    _check_block(block)
     dt, A_sel, B, C, _ = _prepare(delta, A, B, C, delta_bias, delta_softplus, channels, reduce,
                                   out_dtype, torch.float32)
-    _require_triton(dt.device, "effective_attention_triton")
+    dt, A_sel, pre, ti, tj, n_pairs = _kernel_inputs(dt, A_sel, block, "effective_attention_triton")
     batch, n_chan, L = dt.shape
     d_state = A_sel.shape[1]
     device = dt.device
-    dt = dt.contiguous()
-    A_sel = A_sel.contiguous()
-    n_tiles = triton.cdiv(L, block)
-    # pre[b, c, k] = sum of dt over tiles < k, in fp64 (exclusive prefix over tiles).
-    padded = F.pad(dt.double(), (0, n_tiles * block - L))
-    tile_sums = padded.view(batch, n_chan, n_tiles, block).sum(-1)
-    pre = F.pad(torch.cumsum(tile_sums, dim=-1), (1, 0)).contiguous()        # [batch, c, n_tiles + 1]
-    ti, tj = torch.tril_indices(n_tiles, n_tiles, device=device).to(torch.int32)
-    n_pairs = ti.numel()
-
-    if reduce is None:
-        out = torch.zeros(batch, n_chan, L, L, dtype=out_dtype, device=device)
-        groups, chan_per_prog, code = n_chan, 1, 0
-        s_o = (0, *out.stride())
-        target = out
-    else:
-        # Enough programs to fill the GPU: split channels into groups when there are few tiles.
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        want = 4 * sms
-        groups = max(1, min(n_chan, -(-want // (n_pairs * batch))))
-        chan_per_prog = -(-n_chan // groups)
-        groups = -(-n_chan // chan_per_prog)
-        code = 1 if reduce == "sum" else 2
-        target = torch.zeros(groups, batch, L, L, device=device,
-                             dtype=torch.float32 if groups > 1 else out_dtype)
-        s_o = (target.stride(0), target.stride(1), 0, target.stride(2), target.stride(3))
-    grid = (n_pairs, groups, batch)
-    _eff_attn_kernel[grid](
+    # reduced maps: enough programs to fill the GPU, channels split into groups when there are few tiles
+    target, s_o, code, groups, chan_per_prog = _output(batch, n_chan, L, reduce, out_dtype, device,
+                                                       lambda: _reduce_jobs(n_chan, n_pairs, batch, device))
+    _eff_attn_kernel[(n_pairs, groups, batch)](
         dt, pre, A_sel, B, C, ti, tj, target,
         L, n_chan, d_state, chan_per_prog,
         dt.stride(0), dt.stride(1), pre.stride(0), pre.stride(1), A_sel.stride(0),
@@ -304,9 +396,7 @@ def effective_attention_triton(
         REDUCE=code, BT=block, BN=max(16, 1 << max(0, (d_state - 1).bit_length())),
         num_warps=4,
     )
-    if reduce is None:
-        return out
-    return target[0] if groups == 1 else target.sum(0).to(out_dtype)
+    return _result(target, reduce, out_dtype)
 
 
 def effective_attention(
@@ -338,12 +428,8 @@ def effective_attention(
     Returns:
         M (dimensionless weights: y_i = sum_j M[c, i, j] u_j + D u_i), zero above the diagonal.
     """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        use_triton = isinstance(delta, torch.Tensor) and delta.is_cuda and triton_available(delta.device)
-        backend = "triton" if use_triton else "torch"
-    fn = effective_attention_triton if backend == "triton" else effective_attention_torch
+    use_triton = _resolve_backend(backend, lambda: _on_gpu(delta)) == "triton"
+    fn = effective_attention_triton if use_triton else effective_attention_torch
     return fn(delta, A, B, C, delta_bias=delta_bias, delta_softplus=delta_softplus, channels=channels,
               reduce=reduce, out_dtype=out_dtype)
 
@@ -363,11 +449,7 @@ HeadSel = Union[None, Sequence[int], torch.Tensor]
 def _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce, out_dtype, compute_dtype):
     """Validate; return dt ``[batch, hs, L]`` (processed, compute dtype), A ``[hs]``, B, C ``[batch, L, g, n]``
     (compute dtype), the head index ``[hs]`` and each selected head's group ``[hs]``."""
-    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float64, bfloat16, float16")
+    _check_dtypes((("dt", dt), ("A", A), ("B", B), ("C", C)))
     if dt.dim() != 3:
         raise ValueError(f"dt must be [batch, L, nheads] (mamba_chunk_scan_combined layout), got {_shape(dt)}")
     batch, L, nheads = dt.shape
@@ -386,30 +468,11 @@ def _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce, out
         raise ValueError(f"ngroups ({ngroups}) must divide nheads ({nheads}) and d_state be > 0")
     if dt_bias is not None and tuple(dt_bias.shape) != (nheads,):
         raise ValueError(f"dt_bias must be [nheads] = [{nheads}], got {_shape(dt_bias)}")
-    if reduce not in _REDUCE:
-        raise ValueError(f"reduce must be one of None, 'sum', 'abs_sum', got {reduce!r}")
-    if out_dtype not in _FLOATS:
-        raise ValueError(f"out_dtype must be a floating dtype, got {out_dtype}")
+    _check_reduce(reduce, out_dtype)
     lo, hi = (float(v) for v in dt_limit)
-    device = dt.device
-    for name, t in (("A", A), ("B", B), ("C", C), ("dt_bias", dt_bias)):
-        if t is not None and t.device != device:
-            raise ValueError(f"all tensors must be on one device: dt is on {device}, {name} on {t.device}")
-    if heads is None:
-        idx = torch.arange(nheads, device=device)
-    else:
-        idx = torch.as_tensor(heads, device=device)
-        if idx.dtype == torch.bool or idx.is_floating_point() or idx.dim() != 1 or idx.numel() == 0:
-            raise ValueError("heads must be a non-empty 1-D list / LongTensor of head indices, got "
-                             f"{idx.dtype} of shape {_shape(idx)}")
-        idx = idx.long()
-        if int(idx.min()) < 0 or int(idx.max()) >= nheads:
-            raise ValueError(f"heads must lie in [0, {nheads}), got min {int(idx.min())}, max {int(idx.max())}")
-    d = dt.index_select(2, idx).to(compute_dtype)
-    if dt_bias is not None:
-        d = d + dt_bias.index_select(0, idx).to(compute_dtype)
-    if dt_softplus:
-        d = F.softplus(d)                                     # threshold 20, as mamba_ssm
+    device = _check_same_device("dt", dt, (("A", A), ("B", B), ("C", C), ("dt_bias", dt_bias)))
+    idx = _rows(heads, nheads, "heads", "head", device)
+    d = _step(dt, 2, idx, dt_bias, dt_softplus, compute_dtype)
     d = d.clamp(min=lo, max=None if hi == float("inf") else hi)   # always, as mamba_ssm
     groups = idx // (nheads // ngroups)
     return (d.transpose(1, 2), A.index_select(0, idx).to(compute_dtype), B.to(compute_dtype),
@@ -435,27 +498,17 @@ def ssd_effective_attention_torch(
     ``max_chunk_elems // (batch * L * L)`` at a time (at least one) and one group's C B^T ``[batch, L, L]``
     at a time: peak extra memory is a few ``[batch, chunk, L, L]`` tensors.
     """
-    compute = torch.float64 if torch.float64 in (dt.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    compute = _compute_dtype(dt, A, B, C)
     d, A_sel, B, C, _, groups = _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce,
                                              out_dtype, compute)
-    batch, n_heads, L = d.shape
-    cum = torch.cumsum(d.double(), dim=-1)                                      # [batch, hs, L]
-    causal = torch.ones(L, L, dtype=torch.bool, device=d.device).tril()
-    chunk = max(1, min(n_heads, max_chunk_elems // max(1, batch * L * L)))
-    out = torch.empty(batch, n_heads, L, L, dtype=out_dtype, device=d.device) if reduce is None else None
+    cum, causal, chunk, out = _torch_setup(d, reduce, out_dtype, max_chunk_elems)
     for g in torch.unique(groups).tolist():
         sel = (groups == g).nonzero().flatten()
         CB = torch.einsum("bin,bjn->bij", C[:, :, g], B[:, :, g])                 # [batch, L, L]
         for k0 in range(0, sel.numel(), chunk):
             hs = sel[k0:k0 + chunk]
-            gap = (cum[:, hs, :, None] - cum[:, hs, None, :]).clamp_min_(0).to(compute)   # [b, k, i, j]
-            m = CB[:, None] * torch.exp(A_sel[hs, None, None] * gap) * d[:, hs, None, :]
-            m.masked_fill_(~causal, 0.0)
-            if reduce is None:
-                out[:, hs] = m.to(out_dtype)
-            else:
-                part = (m if reduce == "sum" else m.abs()).sum(1)
-                out = part if out is None else out + part
+            m = CB[:, None] * torch.exp(A_sel[hs, None, None] * _gap(cum, hs, compute)) * d[:, hs, None, :]
+            out = _add_chunk(out, hs, m, causal, reduce, out_dtype)
     return out.to(out_dtype)
 
 
@@ -476,17 +529,10 @@ if triton is not None:
         # dt [batch, hs, L] fp32 (time contiguous); pre [batch, hs, n_tiles + 1] fp64 exclusive prefix of
         # per-tile sums of dt; A [hs] fp32. head/grp/slot [hs]: the selected rows sorted by group, their
         # group and their output index; job [n_jobs + 1]: program `job` handles sorted rows job[j]..job[j+1]-1.
-        LOG2E: tl.constexpr = 1.4426950408889634
         pair = tl.program_id(0)
         job = tl.program_id(1)
         b = tl.program_id(2).to(tl.int64)
-        ki = tl.load(ti_ptr + pair)
-        kj = tl.load(tj_ptr + pair)
-        ar = tl.arange(0, BT)
-        offs_i = ki * BT + ar
-        offs_j = kj * BT + ar
-        mask_i = offs_i < L
-        mask_j = offs_j < L
+        ki, kj, offs_i, offs_j, mask_i, mask_j = _tile_pair(ti_ptr, tj_ptr, pair, L, BT)
         offs_n = tl.arange(0, BN)
         causal = offs_j[None, :] <= offs_i[:, None]
         acc = tl.zeros([BT, BT], dtype=tl.float32)
@@ -512,40 +558,23 @@ if triton is not None:
                                   other=0.0)
                     G += tl.dot(C_i, tl.trans(B_j), input_precision="ieee")
                 g_prev = g
-            dt_base = dt_ptr + b * s_dt_b + hh * s_dt_h
-            dt_i = tl.load(dt_base + offs_i, mask=mask_i, other=0.0)
-            dt_j = tl.load(dt_base + offs_j, mask=mask_j, other=0.0)
-            a2 = tl.load(A_ptr + hh) * LOG2E                                   # <= 0
-            cum_i = tl.cumsum(dt_i, axis=0)
-            cum_j = tl.cumsum(dt_j, axis=0)
+            dt_j, a2, cum_i, cum_j = _tile_steps(dt_ptr + b * s_dt_b + hh * s_dt_h, offs_i, offs_j, mask_i, mask_j,
+                                                 A_ptr, hh, 1, 0, True)                     # a2: scalar
             if ki == kj:
                 decay = tl.exp2(a2 * tl.maximum(cum_i[:, None] - cum_j[None, :], 0.0))
             else:
-                # kj < ki: exp(A (Delta_i - Delta_j)) = exp(A (Delta_i - Delta_r)) exp(A (Delta_r - Delta_j)),
-                # r = last position of tile kj; both factors <= 1.
-                pre_base = pre_ptr + b * s_pre_b + hh * s_pre_h
-                between = (tl.load(pre_base + ki) - tl.load(pre_base + kj + 1)).to(tl.float32)   # >= 0
-                to_r = tl.maximum(tl.sum(dt_j, axis=0) - cum_j, 0.0)
+                between, to_r = _split_gaps(pre_ptr + b * s_pre_b + hh * s_pre_h, ki, kj, dt_j, cum_j)
                 decay = tl.exp2(a2 * (between + cum_i))[:, None] * tl.exp2(a2 * to_r)[None, :]
             m = tl.where(causal, G * decay * dt_j[None, :], 0.0)
-            if REDUCE == 0:
-                slot = tl.load(slot_ptr + k).to(tl.int64)
-                tl.store(out_ptr + b * s_o_b + slot * s_o_h + offs_i[:, None] * s_o_i + offs_j[None, :] * s_o_j,
-                         m, mask=mask_i[:, None] & mask_j[None, :])
-            elif REDUCE == 1:
-                acc += m
-            else:
-                acc += tl.abs(m)
+            slot = tl.load(slot_ptr + k).to(tl.int64)       # output index (read only by per-head maps)
+            acc = _emit(acc, m, out_ptr + b * s_o_b + slot * s_o_h, offs_i, offs_j, s_o_i, s_o_j, mask_i, mask_j,
+                        REDUCE)
         if REDUCE != 0:
-            tl.store(out_ptr + job.to(tl.int64) * s_o_g + b * s_o_b + offs_i[:, None] * s_o_i
-                     + offs_j[None, :] * s_o_j, acc, mask=mask_i[:, None] & mask_j[None, :])
+            _store_tile(out_ptr + job.to(tl.int64) * s_o_g + b * s_o_b, offs_i, offs_j, s_o_i, s_o_j, acc,
+                        mask_i, mask_j)
 
 
-def _ssd_reduce_jobs(n_heads: int, n_pairs: int, batch: int, device: torch.device) -> int:
-    """Programs per tile pair for a reduced map: enough to fill the GPU (4 per multiprocessor) when there
-    are few tiles; each writes a partial ``[batch, L, L]`` sum."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return max(1, min(n_heads, -(-4 * sms // (n_pairs * batch))))
+_ssd_reduce_jobs = _reduce_jobs   # the Mamba-2 wrapper's (its own name, so that a test can stand in for a GPU)
 
 
 def ssd_effective_attention_triton(
@@ -571,40 +600,22 @@ def ssd_effective_attention_triton(
     ``[batch, heads, L]`` and per-tile prefixes, plus, for a reduced map at short L, ``[jobs, batch, L, L]``
     partial sums.
     """
-    if block < 16 or block & (block - 1):
-        raise ValueError(f"block must be a power of two >= 16, got {block}")
+    _check_block(block)
     d, A_sel, B, C, _, groups = _prepare_ssd(dt, A, B, C, dt_bias, dt_softplus, dt_limit, heads, reduce,
                                              out_dtype, torch.float32)
-    _require_triton(d.device, "ssd_effective_attention_triton")
+    d, A_sel, pre, ti, tj, n_pairs = _kernel_inputs(d, A_sel, block, "ssd_effective_attention_triton")
     batch, n_heads, L = d.shape
     d_state = B.shape[3]
     device = d.device
-    d = d.contiguous()
-    A_sel = A_sel.contiguous()
-    n_tiles = triton.cdiv(L, block)
-    padded = F.pad(d.double(), (0, n_tiles * block - L))
-    pre = F.pad(torch.cumsum(padded.view(batch, n_heads, n_tiles, block).sum(-1), dim=-1), (1, 0)).contiguous()
-    ti, tj = torch.tril_indices(n_tiles, n_tiles, device=device).to(torch.int32)
-    n_pairs = ti.numel()
     order = torch.argsort(groups, stable=True)                # rows sorted by group: C B^T once per group
     head_rows = order.to(torch.int32)
     grp_rows = groups[order].to(torch.int32)
     slot_rows = order.to(torch.int32)                         # output index of each sorted row
 
-    if reduce is None:
-        out = torch.zeros(batch, n_heads, L, L, dtype=out_dtype, device=device)
-        n_jobs, code, target = n_heads, 0, out
-        jobs = torch.arange(n_heads + 1, device=device, dtype=torch.int32)
-        s_o = (0, out.stride(0), out.stride(1), out.stride(2), out.stride(3))
-    else:
-        n_jobs = _ssd_reduce_jobs(n_heads, n_pairs, batch, device)
-        per = -(-n_heads // n_jobs)
-        n_jobs = -(-n_heads // per)
-        jobs = torch.tensor([min(k * per, n_heads) for k in range(n_jobs + 1)], device=device, dtype=torch.int32)
-        code = 1 if reduce == "sum" else 2
-        target = torch.zeros(n_jobs, batch, L, L, device=device,
-                             dtype=torch.float32 if n_jobs > 1 else out_dtype)
-        s_o = (target.stride(0), target.stride(1), 0, target.stride(2), target.stride(3))
+    target, s_o, code, n_jobs, per = _output(batch, n_heads, L, reduce, out_dtype, device,
+                                             lambda: _ssd_reduce_jobs(n_heads, n_pairs, batch, device))
+    # program `job` handles the sorted rows jobs[job] .. jobs[job + 1] - 1
+    jobs = (torch.arange(n_jobs + 1, device=device, dtype=torch.int32) * per).clamp_(max=n_heads)
     _ssd_eff_attn_kernel[(n_pairs, n_jobs, batch)](
         d, pre, A_sel, B, C, ti, tj, head_rows, grp_rows, slot_rows, jobs, target,
         L, d_state,
@@ -612,9 +623,7 @@ def ssd_effective_attention_triton(
         *B.stride(), *C.stride(), *s_o,
         REDUCE=code, BT=block, BN=16, num_warps=8 if block >= 64 else 4,   # ptxas sm_90: no/few spills
     )
-    if reduce is None:
-        return out
-    return target[0] if n_jobs == 1 else target.sum(0).to(out_dtype)
+    return _result(target, reduce, out_dtype)
 
 
 def ssd_effective_attention(
@@ -650,11 +659,7 @@ def ssd_effective_attention(
     Returns:
         M (y_i[h, p] = sum_j M[b, h, i, j] x_j[h, p] + D[h] x_i[h, p]), zero above the diagonal.
     """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        use_triton = isinstance(dt, torch.Tensor) and dt.is_cuda and triton_available(dt.device)
-        backend = "triton" if use_triton else "torch"
-    fn = ssd_effective_attention_triton if backend == "triton" else ssd_effective_attention_torch
+    use_triton = _resolve_backend(backend, lambda: _on_gpu(dt)) == "triton"
+    fn = ssd_effective_attention_triton if use_triton else ssd_effective_attention_torch
     return fn(dt, A, B, C, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, heads=heads,
               reduce=reduce, out_dtype=out_dtype)

@@ -49,36 +49,30 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .triton_scan import TritonUnavailable, _require_triton, triton, triton_available
+from ..reference_ops import needs_grad
+from .triton_scan import _ALL_FLOATS as _ALL_DTYPES
+from .triton_scan import _FLOAT_INPUTS as _KERNEL_DTYPES
+from .triton_scan import _MODE_ALL, _MODE_LIST, _MODE_NONE, TritonUnavailable, _check_same_device, _next_pow2
+from .triton_scan import _check_float as _check_dtype
+from .triton_scan import _require_triton, _resolve_backend, _row_block, _shape, triton, triton_available
 
 if triton is not None:
     import triton.language as tl
 
-    from .triton_scan import _softplus
+    from .triton_scan import _as_fp32, _load_step, _next_step, _softplus
 
 __all__ = ["ssd_scan_states", "ssd_scan_states_torch", "TritonUnavailable"]
 
 StatePositions = Union[None, str, Sequence[int], torch.Tensor]
 
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_ALL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_MODE_NONE, _MODE_ALL, _MODE_LIST = 0, 1, 2
 _INF = float("inf")
 
 
 # ---------------------------------------------------------------------------------------------
 # Input checks (shared by both implementations)
 # ---------------------------------------------------------------------------------------------
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
 def _check_float(name: str, t, allowed=_ALL_DTYPES) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise ValueError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; allowed: {names}")
+    _check_dtype(name, t, allowed)
 
 
 def _check_inputs(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_limit):
@@ -128,11 +122,8 @@ def _check_inputs(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_lim
         raise ValueError(f"dt_limit must be a pair (min, max) of floats, got {dt_limit!r}") from e
     if not lo <= hi:
         raise ValueError(f"dt_limit must have min <= max, got {dt_limit!r}")
-    device = x.device
-    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("dt_bias", dt_bias),
-                    ("initial_states", initial_states)):
-        if t is not None and t.device != device:
-            raise ValueError(f"all tensors must be on one device: x is on {device}, {name} on {t.device}")
+    _check_same_device("x", x, [("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("dt_bias", dt_bias),
+                                ("initial_states", initial_states)])
     return batch, L, nheads, headdim, ngroups, d_state
 
 
@@ -295,17 +286,11 @@ if triton is not None:
         return tl.minimum(tl.maximum(dt, dt_min), dt_max)
 
     @triton.jit
-    def _ssd_chunk_state_kernel(
-        x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, S_ptr, dAsum_ptr,
-        L, nheads, headdim, d_state, chunk_size, heads_per_group, n_chunks, dt_min, dt_max,
-        s_x_b, s_x_l, s_x_h, s_x_p,
-        s_dt_b, s_dt_l, s_dt_h,
-        s_B_b, s_B_l, s_B_g, s_B_n,
-        HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-        BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        # S: [batch, n_chunks, nheads, headdim, d_state] fp32 contiguous: the chunk's state from zero.
-        # dAsum: [batch, nheads, n_chunks] fp32: sum over the chunk of dt * A * log2(e).
+    def _chunk_program(A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+                       HAS_DT_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+        """What a (chunk, batch * head, headdim block) program of the chunk kernels works on: chunk c, batch
+        row b, head h, its group g, the chunk's first token t0 and length, a2 = A[h] log2(e), h's dt bias
+        (0 without one), and the headdim / d_state offsets and masks of its tile."""
         LOG2E: tl.constexpr = 1.4426950408889634
         c = tl.program_id(0)
         bh = tl.program_id(1)
@@ -321,8 +306,23 @@ if triton is not None:
             bias = tl.load(dt_bias_ptr + h).to(tl.float32)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_n = tl.arange(0, BLOCK_N)
-        mask_p = offs_p < headdim
-        mask_n = offs_n < d_state
+        return c, b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, offs_p < headdim, offs_n < d_state
+
+    @triton.jit
+    def _ssd_chunk_state_kernel(
+        x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, S_ptr, dAsum_ptr,
+        L, nheads, headdim, d_state, chunk_size, heads_per_group, n_chunks, dt_min, dt_max,
+        s_x_b, s_x_l, s_x_h, s_x_p,
+        s_dt_b, s_dt_l, s_dt_h,
+        s_B_b, s_B_l, s_B_g, s_B_n,
+        HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        # S: [batch, n_chunks, nheads, headdim, d_state] fp32 contiguous: the chunk's state from zero.
+        # dAsum: [batch, nheads, n_chunks] fp32: sum over the chunk of dt * A * log2(e).
+        c, b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
+            A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+            HAS_DT_BIAS, BLOCK_P, BLOCK_N)
         ar = tl.arange(0, BLOCK_T)
         x_base = x_ptr + b * s_x_b + h * s_x_h
         dt_base = dt_ptr + b * s_dt_b + h * s_dt_h
@@ -397,23 +397,9 @@ if triton is not None:
         # states: [batch, P, nheads, headdim, d_state], (p, n) contiguous.
         # List mode: pos = requested positions sorted and unique then a -1 sentinel, slot = their output
         # index k, cstart[c] = index in pos of the first position >= c * chunk_size.
-        LOG2E: tl.constexpr = 1.4426950408889634
-        c = tl.program_id(0)
-        bh = tl.program_id(1)
-        pid_p = tl.program_id(2)
-        b = (bh // nheads).to(tl.int64)
-        h = bh % nheads
-        g = h // heads_per_group
-        t0 = c * chunk_size
-        chunk_len = tl.minimum(chunk_size, L - t0)
-        a2 = tl.load(A_ptr + h).to(tl.float32) * LOG2E
-        bias = tl.zeros([], dtype=tl.float32)
-        if HAS_DT_BIAS:
-            bias = tl.load(dt_bias_ptr + h).to(tl.float32)
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        offs_n = tl.arange(0, BLOCK_N)
-        mask_p = offs_p < headdim
-        mask_n = offs_n < d_state
+        c, b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
+            A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+            HAS_DT_BIAS, BLOCK_P, BLOCK_N)
         mask_pn = mask_p[:, None] & mask_n[None, :]
         tile = offs_p[:, None] * d_state + offs_n[None, :]
         if HAS_D:
@@ -441,25 +427,14 @@ if triton is not None:
             next_pos = tl.load(pos_ptr + cur)
 
         # Prefetch token 0 of the chunk (chunk_len >= 1 always).
-        x_nx = tl.load(x_row + x_off, mask=mask_p, other=0.0)
-        dt_nx = tl.load(dt_row)
-        B_nx = tl.load(B_row + B_off, mask=mask_n, other=0.0)
-        C_nx = tl.load(C_row + C_off, mask=mask_n, other=0.0)
+        x_nx, dt_nx, B_nx, C_nx = _load_step(x_row, dt_row, B_row, C_row, x_off, B_off, C_off, mask_p, True, mask_n,
+                                             True)
         for k in range(chunk_len):
-            x_t = x_nx.to(tl.float32)
-            dt_t = dt_nx.to(tl.float32)
-            B_t = B_nx.to(tl.float32)
-            C_t = C_nx.to(tl.float32)
+            x_t, dt_t, B_t, C_t = _as_fp32(x_nx, dt_nx, B_nx, C_nx)
             # Issue the loads of token k+1 now; they complete while token k computes.
-            has_next = k + 1 < chunk_len
-            x_row += s_x_l
-            dt_row += s_dt_l
-            B_row += s_B_l
-            C_row += s_C_l
-            x_nx = tl.load(x_row + x_off, mask=mask_p & has_next, other=0.0)
-            dt_nx = tl.load(dt_row, mask=has_next, other=0.0)
-            B_nx = tl.load(B_row + B_off, mask=mask_n & has_next, other=0.0)
-            C_nx = tl.load(C_row + C_off, mask=mask_n & has_next, other=0.0)
+            x_row, dt_row, B_row, C_row, x_nx, dt_nx, B_nx, C_nx = _next_step(
+                x_row, dt_row, B_row, C_row, s_x_l, s_dt_l, s_B_l, s_C_l, x_off, B_off, C_off, mask_p, True, mask_n,
+                k, chunk_len)
 
             dt_t = _dt_processed(dt_t, bias, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS)
             # h_t = exp(dt A) h_{t-1} + (dt x_t) B_t^T ;  y_t = h_t C_t + D x_t
@@ -480,17 +455,12 @@ if triton is not None:
                     next_pos = tl.load(pos_ptr + cur)
 
 
-def _next_pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
-
-
 def _default_config(headdim: int, d_state: int) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of the chunk-scan kernel: a [BLOCK_P, d_state] fp32 tile of ~2048 values
     (16 per thread on 4 warps), so that a requested state is an 8 KB contiguous store per token.
     Compiled for sm_90 by Triton 3.6 + ptxas (headdim 64, d_state 128: BLOCK_P 16, 4 warps) it uses
     64 registers without spills; not yet tuned on a GPU (benchmarks/states.py --mixer mamba2 --sweep)."""
-    block_n = _next_pow2(d_state)
-    block_p = max(1, min(_next_pow2(headdim), max(1, 2048 // block_n)))
+    block_p, block_n = _row_block(headdim, d_state, 2048)
     num_warps = 4 if block_p * block_n >= 1024 else (2 if block_p * block_n >= 256 else 1)
     return block_p, num_warps
 
@@ -658,16 +628,12 @@ def ssd_scan_states(
         ValueError: wrong shapes, dtypes, devices, chunk size or positions (the message says what is allowed).
         TritonUnavailable: ``backend="triton"`` without Triton, or on non-CUDA tensors without the interpreter.
     """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        on_gpu = isinstance(x, torch.Tensor) and triton_available(x.device) and x.dtype in _KERNEL_DTYPES
-        backend = "triton" if on_gpu else "torch"
+    backend = _resolve_backend(backend, lambda: isinstance(x, torch.Tensor) and triton_available(x.device)
+                               and x.dtype in _KERNEL_DTYPES)
     if backend == "torch":
         return ssd_scan_states_torch(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_states,
                                      state_positions, dt_limit)
-    tensors = (x, dt, A, B, C, D, dt_bias, initial_states)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+    if needs_grad(x, dt, A, B, C, D, dt_bias, initial_states):
         return _SSDScanStates.apply(x, dt, A, B, C, D, dt_bias, initial_states, chunk_size, dt_softplus,
                                     state_positions, dt_limit)
     return _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_states,

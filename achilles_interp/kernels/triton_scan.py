@@ -48,6 +48,7 @@ except Exception as _e:  # ImportError, or a broken install
 __all__ = ["selective_scan_states", "triton_available", "TritonUnavailable"]
 
 _FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16)
+_ALL_FLOATS = (*_FLOAT_INPUTS, torch.float64)   # parameters (A, D, biases, h0) may be float64
 _MODE_NONE, _MODE_ALL, _MODE_LIST = 0, 1, 2
 
 
@@ -83,6 +84,15 @@ def _require_triton(device: torch.device, what: str) -> None:
             "the kernel in Triton's (slow) interpreter.")
 
 
+def _resolve_backend(backend: str, auto_triton) -> str:
+    """Check ``backend`` ("auto", "triton" or "torch"); "auto" becomes "triton" when ``auto_triton()`` is true."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "auto":
+        return "triton" if auto_triton() else "torch"
+    return backend
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernel
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +104,35 @@ if triton is not None:
         e = tl.exp(tl.minimum(x, 20.0))
         log1p_e = tl.where(e < 1e-3, e * (1.0 - e * (0.5 - e * (1.0 / 3.0))), tl.log(1.0 + e))
         return tl.where(x > 20.0, x, log1p_e)
+
+    @triton.jit
+    def _load_step(x_row, dt_row, B_row, C_row, x_off, B_off, C_off, mask_x, mask_dt, mask_n, has_next):
+        """One time step's x (u), dt, B and C at ``row + off`` (rows: scalar pointers or pointer tensors;
+        offsets may be 0); lanes outside ``mask & has_next`` read 0."""
+        x = tl.load(x_row + x_off, mask=mask_x & has_next, other=0.0)
+        dt = tl.load(dt_row, mask=mask_dt & has_next, other=0.0)
+        B = tl.load(B_row + B_off, mask=mask_n & has_next, other=0.0)
+        C = tl.load(C_row + C_off, mask=mask_n & has_next, other=0.0)
+        return x, dt, B, C
+
+    @triton.jit
+    def _as_fp32(x, dt, B, C):
+        return x.to(tl.float32), dt.to(tl.float32), B.to(tl.float32), C.to(tl.float32)
+
+    @triton.jit
+    def _next_step(x_row, dt_row, B_row, C_row, s_x, s_dt, s_B, s_C, x_off, B_off, C_off, mask_x, mask_dt,
+                   mask_n, t, n_steps):
+        """The prefetch of the scan loops at step t of n_steps: move the four rows on by one time step
+        (strides ``s_*``) and load that step t + 1 (:func:`_load_step`; zeros past the last step). Returns the
+        rows and the loaded x, dt, B, C."""
+        has_next = t + 1 < n_steps
+        x_row += s_x
+        dt_row += s_dt
+        B_row += s_B
+        C_row += s_C
+        x, dt, B, C = _load_step(x_row, dt_row, B_row, C_row, x_off, B_off, C_off, mask_x, mask_dt, mask_n,
+                                 has_next)
+        return x_row, dt_row, B_row, C_row, x, dt, B, C
 
     @triton.jit
     def _selective_scan_states_kernel(
@@ -145,30 +184,17 @@ if triton is not None:
         st_ptrs = st_base
 
         # Prefetch step 0.
-        u_nx = tl.load(u_ptrs, mask=mask_d, other=0.0)
-        dt_nx = tl.load(dt_ptrs, mask=mask_d, other=0.0)
-        B_nx = tl.load(B_ptrs, mask=mask_n, other=0.0)
-        C_nx = tl.load(C_ptrs, mask=mask_n, other=0.0)
+        u_nx, dt_nx, B_nx, C_nx = _load_step(u_ptrs, dt_ptrs, B_ptrs, C_ptrs, 0, 0, 0, mask_d, mask_d, mask_n, True)
         if STATE_MODE == 2:
             # pos: requested positions, increasing, then a -1 sentinel; next_pos is the next one due.
             pos_ptrs = pos_ptr
             next_pos = tl.load(pos_ptrs)
 
         for t in range(L):
-            u_t = u_nx.to(tl.float32)
-            dt_t = dt_nx.to(tl.float32)
-            B_t = B_nx.to(tl.float32)
-            C_t = C_nx.to(tl.float32)
+            u_t, dt_t, B_t, C_t = _as_fp32(u_nx, dt_nx, B_nx, C_nx)
             # Issue the loads of step t+1 now; they complete while step t computes.
-            has_next = t + 1 < L
-            u_ptrs += s_u_l
-            dt_ptrs += s_dt_l
-            B_ptrs += s_B_l
-            C_ptrs += s_C_l
-            u_nx = tl.load(u_ptrs, mask=mask_d & has_next, other=0.0)
-            dt_nx = tl.load(dt_ptrs, mask=mask_d & has_next, other=0.0)
-            B_nx = tl.load(B_ptrs, mask=mask_n & has_next, other=0.0)
-            C_nx = tl.load(C_ptrs, mask=mask_n & has_next, other=0.0)
+            u_ptrs, dt_ptrs, B_ptrs, C_ptrs, u_nx, dt_nx, B_nx, C_nx = _next_step(
+                u_ptrs, dt_ptrs, B_ptrs, C_ptrs, s_u_l, s_dt_l, s_B_l, s_C_l, 0, 0, 0, mask_d, mask_d, mask_n, t, L)
 
             if HAS_DT_BIAS:
                 dt_t = dt_t + dt_bias
@@ -212,6 +238,16 @@ def _check_float(name: str, t: torch.Tensor, allowed=_FLOAT_INPUTS) -> None:
     if t.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise ValueError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; allowed: {names}")
+
+
+def _check_same_device(first: str, t0: torch.Tensor, named) -> torch.device:
+    """The device of ``t0`` (called ``first``); raises unless every tensor of ``named`` ((name, tensor or
+    None) pairs) is on it."""
+    device = t0.device
+    for name, t in named:
+        if t is not None and t.device != device:
+            raise ValueError(f"all tensors must be on one device: {first} is on {device}, {name} on {t.device}")
+    return device
 
 
 def _check_shape(name: str, t: torch.Tensor, expected: tuple, layout: str) -> None:
@@ -261,13 +297,19 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+def _row_block(n_rows: int, d_state: int, budget: int) -> tuple[int, int]:
+    """(rows, BLOCK_N) of a ``[rows, d_state]`` register tile of about ``budget`` values: rows a power of two
+    in [1, next_pow2(n_rows)], BLOCK_N = next_pow2(d_state)."""
+    block_n = _next_pow2(d_state)
+    return max(1, min(_next_pow2(n_rows), max(1, budget // block_n))), block_n
+
+
 def _default_config(d_inner: int, d_state: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps): small channel blocks, so that many programs run the serial time loop
     side by side (b * d_inner / BLOCK_D of them). BLOCK_D * d_state = 128 on one warp was the fastest
     choice for d_state 16 on an H200 (benchmarks/states.py --sweep: 0.60 ms for all states at batch 4,
     d_inner 1536, L 2048, against 0.64-1.3 ms for BLOCK_D 2-32 with 1-4 warps)."""
-    block_n = _next_pow2(d_state)
-    block_d = max(1, min(_next_pow2(d_inner), max(1, 128 // block_n)))
+    block_d, block_n = _row_block(d_inner, d_state, 128)
     num_warps = 1 if block_d * block_n <= 128 else 2
     return block_d, num_warps
 
@@ -285,7 +327,7 @@ def _scan_impl(u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, 
         raise ValueError("sequence length L is 0; nothing to scan")
     if batch == 0 or d_inner == 0:
         raise ValueError(f"u has an empty dimension: {_shape(u)}")
-    _check_float("A", A, (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    _check_float("A", A, _ALL_FLOATS)
     if A.dim() != 2 or A.shape[0] != d_inner:
         raise ValueError(f"A must be real [d_inner, d_state] with d_inner={d_inner}, got {_shape(A)}"
                          f"{' complex' if A.is_complex() else ''}")
@@ -299,18 +341,13 @@ def _scan_impl(u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, 
                          f"got B {_shape(B)}, C {_shape(C)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
-            _check_float(name, t, (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+            _check_float(name, t, _ALL_FLOATS)
             _check_shape(name, t, (d_inner,), "[d_inner]")
     if initial_state is not None:
-        _check_float("initial_state", initial_state,
-                     (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+        _check_float("initial_state", initial_state, _ALL_FLOATS)
         _check_shape("initial_state", initial_state, (batch, d_inner, d_state), "[batch, d_inner, d_state]")
-    device = u.device
-    named = [("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias),
-             ("initial_state", initial_state)]
-    for name, t in named:
-        if t is not None and t.device != device:
-            raise ValueError(f"all tensors must be on one device: u is on {device}, {name} on {t.device}")
+    device = _check_same_device("u", u, [("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                                         ("delta_bias", delta_bias), ("initial_state", initial_state)])
     _require_triton(device, "selective_scan_states")
 
     mode, pos, P = _positions(state_positions, L, device)
