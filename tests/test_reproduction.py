@@ -146,3 +146,19 @@ def test_committed_report_renders_from_the_committed_runs(tmp_path):
     theirs = [ln for ln in (root / "docs" / "reproduction.md").read_text().splitlines() if not ln.startswith(strip)]
     assert mine == theirs
     assert collect(root / "docs" / "reproduction_runs", paper_cells(["mamba2"]), [0])
+
+
+def test_committed_quick_preset_report_renders_from_its_runs(tmp_path):
+    """docs/quick_preset.md (the CPU preset's pattern) is what its own command writes from
+    docs/quick_preset_runs."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "quick_preset.md").read_text()
+    cmd = next(ln for ln in doc.splitlines() if ln.startswith("* Command: ")).split("`")[1].split()[1:]
+    cmd = [str(root / a) if a.startswith("docs/") else a for a in cmd]
+    out = tmp_path / "quick.md"
+    assert main(cmd + ["--out", str(out), "--assets", str(tmp_path / "assets")]) == 0
+    strip = ("* Report rendered on", "* Command")
+    mine = [ln for ln in out.read_text().splitlines() if not ln.startswith(strip)]
+    assert mine == [ln for ln in doc.splitlines() if not ln.startswith(strip)]

@@ -224,6 +224,12 @@ def claims_table(verdicts: Sequence[Verdict]) -> list[str]:
     return lines
 
 
+def presets(results: dict) -> list:
+    """The presets the runs were trained with (their provenance)."""
+    return sorted({str(run.provenance["preset"]) for r in results.values() for run in r.runs + r.unfinished
+                   if run.provenance.get("preset")})
+
+
 def trained_on(results: dict) -> str:
     runs = [run for r in results.values() for run in r.runs + r.unfinished]
     devices = sorted({str(run.provenance.get("device")) for run in runs if run.provenance.get("device")})
@@ -243,6 +249,7 @@ def render(results: dict, claims: Sequence[Claim], command: str, title: str = ""
              "is computed, nothing is typed in by hand. The settings (paper / ours / silent) are in "
              "[paper_settings.md](paper_settings.md).", "",
              f"* Command: `{command}`",
+             f"* Preset: {', '.join(presets(results)) or 'unknown'}",
              f"* Runs trained on: {trained_on(results)}",
              f"* Report rendered on: {hardware()}", "",
              "Accuracy = fraction of held-out examples whose argmax over the whole vocabulary is the label; "
