@@ -155,7 +155,7 @@ def explain(study: StudyResult, grid: Optional[list] = None, mixer: str = "mamba
         sentence = ("Failing (test accuracy <= 0.35): " + ", ".join(f"{m.name} {m.accuracy:.2f}" for m in named[0][1])
                     + "; solving (>= 0.9): " + ", ".join(f"{m.name} {m.accuracy:.2f}" for m in named[1][1]) + ". "
                     + sentence)
-    if verdict != "conv":
+    if verdict in ("scan", "position"):
         sentence += (" This disagrees with the paper, which blames the conv's asymmetric fusion of neighbouring "
                      "tokens.")
     return Explanation(ev, tally, verdict, sentence)

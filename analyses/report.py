@@ -10,7 +10,6 @@ Figures average the seeds of one (task, variant): models are grouped by :func:`g
 from __future__ import annotations
 
 import os
-import re
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -34,18 +33,14 @@ def markdown_path(out: Path) -> Path:
     return out / "report.md"
 
 
-def file_stem(name: str) -> str:
-    """A model name as a file-name part: ``inverse-matching/mamba-mamba2/seed0`` ->
-    ``inverse-matching__mamba-mamba2__seed0``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_")
-
-
-FIGURE_VARIANTS = ("mamba", "mamba-pe", "mamba-bypass-pe", "transformer")  # shown in the heatmaps; all in the CSVs
+FIGURE_VARIANTS = ("mamba", "mamba-pe", "mamba-bypass-pe", "transformer")  # shown in the figures; all in the tables
 
 
 def group_key(m: ModelStudy) -> str:
-    """``task: variant`` (the seeds of one cell of the grid share it)."""
-    return f"{m.task}: {m.variant}"
+    """``task: variant`` (the seeds of one cell of the grid share it), with the token format when it
+    is not the paper's."""
+    fmt = f" ({m.task_format})" if m.task_format not in (None, "paper") else ""
+    return f"{m.task}{fmt}: {m.variant}"
 
 
 def groups(study: StudyResult) -> Dict[str, List[ModelStudy]]:
@@ -113,14 +108,12 @@ def write_study(study: StudyResult, explanation: Optional[Explanation], out, com
     for name, m in study.models.items():
         for change, p in m.pairs.items():
             for grid in (p.activation, p.attribution):
-                stem = out / f"{grid.method}_patching_{file_stem(name)}_{change}"
-                grid.to_csv(f"{stem}.csv")
-                grid.to_json(f"{stem}.json")
                 df = grid.to_dataframe()
                 df.insert(1, "pairs", change)
                 frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    atomic_write(out / "all_cells.csv", lambda f: df.to_csv(f, index=False))
+    # every patching cell of every model, one row each (gzip: the cells of a grid of models run to MBs)
+    atomic_write(out / "all_cells.csv.gz", lambda f: df.to_csv(f, index=False, compression="gzip"))
     grouped = groups(study)
     changes = list(dict.fromkeys(c for m in study.models.values() for c in m.pairs))
     figures = {}
@@ -134,7 +127,8 @@ def write_study(study: StudyResult, explanation: Optional[Explanation], out, com
                 patching_heatmaps(grids, stem, title=f"{method} patching, {change} pairs: normalised effect "
                                   "(mean over seeds)")
                 figures[(method, change)] = stem.with_suffix(".png")
-    firsts = {k: ms[0] for k, ms in grouped.items()}
+    firsts = {k: ms[0] for k, ms in grouped.items() if ms[0].variant in FIGURE_VARIANTS} or \
+        {k: ms[0] for k, ms in grouped.items()}
     fus = {k: m.fusion for k, m in firsts.items() if m.fusion}
     if fus:
         labels = next(iter(study.token_labels.values()))
@@ -273,7 +267,11 @@ def render_markdown(study: StudyResult, explanation: Optional[Explanation], out:
                   "scan unrolled as attention, the paper's |S| = |Mask∘(C Bᵀ)|, and the Transformer's pattern; "
                   "first seed of each group.", "", f"![attention]({_rel(figures['attention'], md)})", ""]
     lines += ["## Files", "", f"Every number above is in `{_rel(out / 'summary.json', md)}`; every patching cell "
-              f"in `{_rel(out / 'all_cells.csv', md)}` and the per-model CSV/JSON files beside it.", ""]
+              f"of every model (model, pairs, method, component, layer, position, value, effect) in "
+              f"`{_rel(out / 'all_cells.csv.gz', md)}`; the fusion matrices of the figure's models in "
+              f"`{_rel(out / 'fusion.json', md)}`. The figures show {', '.join(FIGURE_VARIANTS)} "
+              "(mean over seeds for the heatmaps, the first seed for fusion and attention); the tables show "
+              "every variant.", ""]
     return "\n".join(lines)
 
 

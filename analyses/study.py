@@ -95,6 +95,7 @@ class ModelStudy:
     variant: str
     is_mamba: bool
     accuracy: float
+    task_format: Optional[str] = None
     pairs: Dict[str, PairStudy] = field(default_factory=dict)
     fusion: Optional[dict] = None
     fusion_ablation: Dict[str, float] = field(default_factory=dict)
@@ -156,7 +157,7 @@ def study_model(name: str, model, task, cfg: StudyConfig, source: str = "in-memo
     data0 = PatchingData(test.tokens, test.tokens, test.answer_pos, test.labels, test.labels,
                          getattr(task, "label_tokens", None))
     ms = ModelStudy(name, source, task.name, variant_name(model.cfg), mamba,
-                    evaluate(model, test.tokens, data0).accuracy())
+                    evaluate(model, test.tokens, data0).accuracy(), getattr(task, "format", None))
     labels = None
     for change in getattr(task, "changes", ("default",)):
         stage(f"patching ({change} pairs)")

@@ -73,3 +73,8 @@ def test_position_probe_reads_a_learned_embedding_and_not_a_model_without_one():
     assert got[("embedding", "slot")].accuracy < 0.35  # chance 0.2
     assert got[("embedding", "slot")].chance == pytest.approx(0.2)
     assert [s for s, _ in ((p.stream, 0) for p in without)][::2] == ["embedding", "after layer 0"]
+
+
+def test_undecided_does_not_claim_to_disagree():
+    e = explain(_study(_model("t", "transformer", 1.0, 1.0)))
+    assert "disagrees" not in e.sentence

@@ -42,9 +42,13 @@ def test_patch_cli_writes_everything(checkpoints, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "verdict: The evidence" in printed and "mamba: test accuracy" in printed
     for name in ("activation_patching_query.png", "activation_patching_query.svg", "attribution_patching_keys.png",
-                 "fusion.png", "fusion.svg", "attention.png", "summary.json", "all_cells.csv",
-                 "activation_patching_mamba_query.csv", "attribution_patching_transformer_keys.json", "fusion.json"):
+                 "fusion.png", "fusion.svg", "attention.png", "summary.json", "all_cells.csv.gz", "fusion.json"):
         assert (out / name).is_file(), name
+    import pandas as pd
+
+    cells = pd.read_csv(out / "all_cells.csv.gz")
+    assert set(cells.model) == {"mamba", "transformer"} and set(cells.pairs) == {"query", "keys"}
+    assert set(cells.method) == {"activation", "attribution"}
     summary = json.loads((out / "summary.json").read_text())
     mamba = summary["models"]["mamba"]
     assert set(mamba["pairs"]) == {"query", "keys"}

@@ -48,9 +48,12 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--task", default="inverse-matching", metavar="TASK",
                    help="task of checkpoints that do not name one: " + ", ".join(TASK_NAMES[:4] + TEXT_TASK_NAMES)
                         + " (the text tasks prompt a pretrained LM through its tokenizer; docs/pretrained.md)")
+    p.add_argument("--task-format", default=None, choices=["paper", "special-tokens"],
+                   help="token format of the matching / composite tasks for checkpoints that do not record one "
+                        "(a training run's metrics.json does); default: the task's own, paper")
     p.add_argument("--reproduction", default=None, metavar="RESULTS_JSON",
                    help="the reproduction's results.json, whose variant accuracies enter the verdict "
-                        "(default: docs/reproduction_assets/results.json when it exists)")
+                        "(default: docs/reproduction_assets/results.json when it exists; 'none': the study alone)")
     p.add_argument("--components", nargs="+", default=list(DEFAULT_COMPONENTS), metavar="NAME",
                    help=f"components to patch; allowed: {', '.join(all_component_names())}")
     p.add_argument("--n", type=int, default=32, help="clean/corrupted pairs of each kind")
@@ -72,11 +75,16 @@ def register(sub, help_text: str) -> None:
 
 
 def run_task(path: Path):
-    """The task a training-run directory was trained on (its metrics.json), or None."""
-    f = path / "metrics.json"
-    if f.is_file():
-        run = json.loads(f.read_text()).get("run", {})
-        return run.get("task"), run.get("task_repr")
+    """``(task name, token format)`` a training run or shipped checkpoint was trained on (its
+    metrics.json / PROVENANCE.json), each None where it does not say."""
+    for name in ("metrics.json", "PROVENANCE.json"):
+        f = path / name
+        if f.is_file():
+            doc = json.loads(f.read_text())
+            run = doc.get("run", {})
+            repr_ = run.get("task_repr") or ""
+            fmt = next((v for v in ("special-tokens", "paper") if f"format={v!r}" in repr_), None)
+            return run.get("task") or doc.get("task"), fmt
     return None, None
 
 
@@ -113,16 +121,13 @@ def _load_models(checkpoints, default_task: str):
     for path in map(Path, checkpoints):
         if not path.is_dir() and len(path.parts) != 2:
             raise CLIError(f"--checkpoint {path}: not a directory (nor a Hub id org/name)")
-        task, _ = run_task(path)
-        prov = path / "PROVENANCE.json"
-        if task is None and prov.is_file():
-            task = json.loads(prov.read_text()).get("task")
+        task, fmt = run_task(path) if path.is_dir() else (None, None)
         name = "/".join(path.parts[-3:]) if path.name.startswith("seed") else path.name
         k, base = 2, name
         while name in models:
             name, k = f"{base}-{k}", k + 1
         models[name] = zoo.load_model(path if path.is_dir() else str(path), backend="torch").eval()
-        tasks[name] = task or default_task
+        tasks[name] = (task or default_task, fmt)
         sources[name] = str(path)
     return models, tasks, sources
 
@@ -135,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from achilles_interp.analyses.report import markdown_path, write_study
     from achilles_interp.analyses.study import StudyConfig, run_study
     from achilles_interp.tasks import get_task
+    from achilles_interp.training.trainer import FORMAT_TASKS
 
     from ..cli import CLIError
     from ..training.validation import check_seeds
@@ -160,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     reproduction = args.reproduction
     if reproduction is None and Path("docs/reproduction_assets/results.json").is_file():
         reproduction = "docs/reproduction_assets/results.json"
+    if reproduction == "none":
+        reproduction = None
+    elif reproduction is not None and not Path(reproduction).is_file():
+        raise CLIError(f"--reproduction {reproduction}: no such file (give a reproduction's results.json, or 'none')")
     grid = json.loads(Path(reproduction).read_text())["cells"] if reproduction else None
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
@@ -172,13 +182,17 @@ def run(args: argparse.Namespace) -> int:
     models, task_names, sources = _load_models(checkpoints, args.task)
     tasks = {}
     for name, model in models.items():
-        if task_names[name].startswith("text-"):
+        task_name, fmt = task_names[name]
+        if task_name.startswith("text-"):
             if getattr(model, "tokenizer", None) is None:
                 raise CLIError(f"{name}: the text tasks need the model's tokenizer, and none was found with it")
             kw = {"tokenizer": model.tokenizer}
         else:
-            kw = {"n_layers": model.cfg.n_layers} if task_names[name].endswith("matching") else {}
-        tasks[name] = get_task(task_names[name], **kw)
+            kw = {"n_layers": model.cfg.n_layers} if task_name.endswith("matching") else {}
+            fmt = fmt or args.task_format
+            if fmt is not None and task_name in FORMAT_TASKS:
+                kw["format"] = fmt
+        tasks[name] = get_task(task_name, **kw)
     cfg = StudyConfig(n=args.n, seed=args.seed, components=components, metric=args.metric,
                       eval_examples=args.eval_examples, fusion_examples=args.fusion_examples,
                       fusion_probes=args.fusion_probes, probe_examples=args.probe_examples,
