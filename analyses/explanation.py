@@ -17,6 +17,8 @@ direction in which it counts for each explanation (+1 for, -1 against, 0 not bea
   information (against it if failing models encode it as well).
 * patching of the key-swap pairs, *in solving Mamba models the moved key reaches the answer
   through the scan*: against the scan being what cannot do the retrieval.
+* fusion, *the conv fuses neighbouring tokens no more asymmetrically in failing models than in
+  solving ones* (mean absolute asymmetry index of the conv output within 0.1): against the conv.
 * interventions, *the all-ones kernel does not repair a trained failing model*: reported, not
   counted (a model not trained with that kernel is not expected to work with it).
 
@@ -36,6 +38,7 @@ EXPLANATIONS = {"conv": "the conv's fusion order", "scan": "the selective scan",
                 "position": "missing position information"}
 SLOT_ENCODED, SLOT_ABSENT = 0.9, 0.5  # best slot-probe accuracy of a stream that encodes / lacks it (chance 0.2)
 SCAN_CARRIES = 0.5  # share of the key-swap effect through the scan path
+ASYM_MARGIN = 0.1  # failing models' conv asymmetry counts as "no larger" within this margin
 
 
 @dataclass
@@ -130,6 +133,18 @@ def explain(study: StudyResult, grid: Optional[list] = None, mixer: str = "mamba
         "In solving Mamba models the moved key reaches the answer through the scan.", "activation patching "
         "(key-swap pairs)", f"scan share of the key-swap effect: {_ms(scan)}",
         None if not scan else min(scan) >= SCAN_CARRIES, {"scan": -1}))
+    def conv_asym(m) -> Optional[float]:
+        vals = [abs(v) for (c, _), v in (m.fusion or {}).get("asymmetry", {}).items() if c == "conv_out" and v == v]
+        return statistics.fmean(vals) if vals else None
+
+    f_asym = [v for m in failing if (v := conv_asym(m)) is not None]
+    s_asym = [v for m in solving if (v := conv_asym(m)) is not None]
+    ev.append(Evidence(
+        "The conv fuses neighbouring tokens no more asymmetrically in failing models than in solving ones.",
+        "fusion asymmetry (Jacobian)", f"mean absolute asymmetry index of the conv output: failing {_ms(f_asym)}, "
+        f"solving Mamba {_ms(s_asym)}",
+        None if not f_asym or not s_asym else statistics.fmean(f_asym) <= statistics.fmean(s_asym) + ASYM_MARGIN,
+        {"conv": -1}))
     ones = [r.accuracy for m in failing for r in m.interventions if r.label == "conv kernel := all ones"]
     ev.append(Evidence(
         "An all-ones kernel put into a trained failing model does not make it generalise (not counted).",

@@ -70,6 +70,11 @@ def _ms(values: List[float], digits: int = 2) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a literal ``|`` would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def _rel(target: Path, md: Path) -> str:
     return os.path.relpath(target, md.parent).replace(os.sep, "/")
 
@@ -173,7 +178,7 @@ def render_markdown(study: StudyResult, explanation: Optional[Explanation], out:
             counts = ", ".join(f"{EXPLANATIONS[k]} {v:+d}" for k, v in (e.counts if e.holds is not False
                                                                       else e.if_false).items()) or "not counted"
             held = {True: "yes", False: "no", None: "not measured"}[e.holds]
-            lines.append(f"| {e.text} | {e.source} | {e.measured} | {held} | {counts} |")
+            lines.append("| " + " | ".join(_cell(x) for x in (e.text, e.source, e.measured, held, counts)) + " |")
         lines += ["", "Thresholds and the rule are in `analyses/explanation.py`: a model *fails* at test "
                   "accuracy <= 0.35 and *solves* at >= 0.9 (chance 0.2); the verdict is the explanation with "
                   "the largest positive net count.", ""]

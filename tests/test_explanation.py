@@ -38,7 +38,7 @@ def test_position_is_supported_when_pe_repairs_and_failing_models_lack_the_slot(
     e = explain(study, _grid(std=0.2, pe=0.95, fwd=0.2))
     assert e.verdict == "position"
     assert e.tally["position"] == {"for": 3, "against": 0}
-    assert e.tally["conv"] == {"for": 0, "against": 3}
+    assert e.tally["conv"] == {"for": 0, "against": 3}  # no fusion measured here: that evidence is absent
     assert e.tally["scan"] == {"for": 0, "against": 2}
     assert "disagrees with the paper" in e.sentence
 
@@ -78,3 +78,15 @@ def test_position_probe_reads_a_learned_embedding_and_not_a_model_without_one():
 def test_undecided_does_not_claim_to_disagree():
     e = explain(_study(_model("t", "transformer", 1.0, 1.0)))
     assert "disagrees" not in e.sentence
+
+
+def test_conv_asymmetry_evidence():
+    f, s = _model("f0", "mamba", 0.2, 0.25), _model("s0", "mamba-pe", 0.95, 1.0)
+    f.fusion = {"asymmetry": {("conv_out", 0): 0.6, ("ssm_out", 0): 0.1}}
+    s.fusion = {"asymmetry": {("conv_out", 0): -0.05}}
+    e = explain(_study(f, s))
+    ev = next(x for x in e.evidence if x.source.startswith("fusion"))
+    assert ev.holds is False and e.tally["conv"]["against"] == 0  # failing convs are more asymmetric
+    f.fusion = {"asymmetry": {("conv_out", 0): 0.05}}
+    e = explain(_study(f, s))
+    assert next(x for x in e.evidence if x.source.startswith("fusion")).holds and e.tally["conv"]["against"] == 1
