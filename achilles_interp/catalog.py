@@ -25,5 +25,7 @@ VARIANTS: dict[str, tuple[str, Optional[dict]]] = {
 }
 
 
-TASK_NAMES = ("inverse-matching", "forward-matching", "composite", "composite-symmetric", "copy", "mqar")
+MATCHING_TASKS = ("inverse-matching", "forward-matching")  # answer = key slot; 3 x n_layers fillers
+FORMAT_TASKS = MATCHING_TASKS + ("composite", "composite-symmetric")  # tasks with a ``format`` option
+TASK_NAMES = FORMAT_TASKS + ("copy", "mqar")
 TEXT_TASK_NAMES = ("text-inverse-matching", "text-forward-matching")  # for pretrained LMs: need the model's tokenizer

@@ -36,14 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..catalog import FORMAT_TASKS, MATCHING_TASKS
 from ..errors import UserError
-
 from .layout import METRICS_FILE, STATE_FILE
 
-MATCHING_TASKS = ("inverse-matching", "forward-matching")
 MATCHING_VARIANTS = ("transformer", "mamba", "mamba-noconv", "mamba-bypass", "mamba-pe", "mamba-bypass-pe",
                      "mamba-ones")
-GRID_TASKS = MATCHING_TASKS + ("composite", "composite-symmetric")
+GRID_TASKS = FORMAT_TASKS  # the grid trains every task that has the paper's format
 
 
 @dataclass(frozen=True)
@@ -67,9 +66,9 @@ class Cell:
 
     @property
     def label(self) -> str:
+        """Directory name: ``mamba-mamba2``, ``mamba-ones-mamba2-L5-g1``, ``transformer-special-tokens``."""
         from .compare import variant_label
 
-        """Directory name: ``mamba-mamba2``, ``mamba-ones-mamba2-L5-g1``, ``transformer-special-tokens``."""
         parts = [variant_label(self.model, self.mixer)]
         if self.n_layers is not None:
             parts.append(f"L{self.n_layers}")

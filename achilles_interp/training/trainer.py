@@ -39,6 +39,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..catalog import FORMAT_TASKS, MATCHING_TASKS
 from ..errors import UserError
 from ..outputs import atomic_write, check_output, write_json
 from ..tasks import Task, TaskBatch, get_task, task_loss
@@ -98,8 +99,6 @@ def device_description(device: torch.device) -> str:
     )
 
 
-MATCHING_TASKS = ("inverse-matching", "forward-matching")
-FORMAT_TASKS = MATCHING_TASKS + ("composite", "composite-symmetric")  # tasks with a ``format`` option
 
 
 def resolve_task(task: Union[str, Task], n_layers: int, task_format: Optional[str] = None) -> Task:
