@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MambaConfig
-from .mixer_base import HookedMixerBase, HookPoint, rms_norm, stepping
+from .mixer_base import HookedMixerBase, HookPoint, rms_norm
 from .ops import TORCH_OPS, TorchOps
 from .reference_ops import StatePositions, accum_dtype
 
@@ -90,7 +90,6 @@ class HookedMamba1Mixer(HookedMixerBase):
         x, z = self.in_proj(h).chunk(2, dim=-1)
         x = self.hook_x(x)
         z = self.hook_gate(z)
-        step = stepping(cache)
         u = self.conv_stage(x, ops, cache)
         dt_low, B, C = torch.split(self.x_proj(u), [r, n, n], dim=-1)
         if cfg.bcdt_norm:
@@ -113,14 +112,9 @@ class HookedMamba1Mixer(HookedMixerBase):
             y_t = torch.einsum("bdn,bn->bd", h_t.to(f), C[:, t].to(f)) + D.to(f) * u[:, t].to(f)
             return y_t.to(u.dtype)
 
-        if step:
-            y, cache.ssm = self.step_with_state_hook(
-                lambda h0: ops.selective_step(h0, u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D), emit, cache.ssm)
-            y = y[:, None]
-        else:
-            y, last = self.scan_with_state_hook(scan, emit, L, state_positions, hidden.device)
-            if cache is not None:
-                cache.ssm = last
+        y = self.ssm_with_state_hook(
+            scan, lambda h0: ops.selective_step(h0, u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D), emit, L,
+            state_positions, hidden.device, cache)
         y = self.hook_ssm_out(y)
         gated = self.hook_gated(y * F.silu(z))
         return self.hook_out(self.out_proj(gated))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .config import MambaConfig
 from .mamba1 import init_dt_bias
-from .mixer_base import HookedMixerBase, rms_norm, stepping
+from .mixer_base import HookedMixerBase, rms_norm
 from .ops import TORCH_OPS, TorchOps
 from .reference_ops import StatePositions, _expand_groups, accum_dtype
 
@@ -81,7 +81,6 @@ class HookedMamba2Mixer(HookedMixerBase):
         z, xBC, dt_raw = torch.split(self.in_proj(h), [cfg.d_inner, cfg.conv_dim, H], dim=-1)
         z = self.hook_gate(z)
         xBC = self.hook_xBC(xBC)
-        step = stepping(cache)
         act = self.conv_stage(xBC, ops, cache)
         x, B, C = torch.split(act, [cfg.d_inner, G * N, G * N], dim=-1)
         x = self.hook_x(x)
@@ -104,13 +103,8 @@ class HookedMamba2Mixer(HookedMixerBase):
             y_t = torch.einsum("bhpn,bhn->bhp", h_t.to(f), Ct) + D.to(f)[:, None] * xh[:, t].to(f)
             return y_t.to(x.dtype)
 
-        if step:
-            y, cache.ssm = self.step_with_state_hook(
-                lambda h0: ops.ssd_step(h0, xh[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D), emit, cache.ssm)
-            y = y[:, None]
-        else:
-            y, last = self.scan_with_state_hook(scan, emit, L, state_positions, hidden.device)
-            if cache is not None:
-                cache.ssm = last
+        y = self.ssm_with_state_hook(
+            scan, lambda h0: ops.ssd_step(h0, xh[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D), emit, L,
+            state_positions, hidden.device, cache)
         y = self.hook_ssm_out(y.reshape(batch, L, cfg.d_inner))
         return self.hook_out(self.out_proj(self._gated_norm(y, z)))

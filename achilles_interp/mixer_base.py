@@ -228,6 +228,19 @@ class HookedMixerBase(nn.Module):
         h_new = edited[:, 0].to(h_new.dtype)
         return emit(h_new, 0), h_new
 
+    def ssm_with_state_hook(self, scan: ScanFn, step: StepFn, emit: EmitFn, L: int, state_positions: StatePositions,
+                            device: torch.device, cache) -> torch.Tensor:
+        """The SSM part of a mixer: one recurrent step from the carried state when ``cache`` holds
+        one (:func:`stepping`; y ``[batch, 1, ...]``), else the scan over all ``L`` tokens (filling
+        ``cache.ssm`` with the last state when a cache is given); both through the state hook."""
+        if stepping(cache):
+            y, cache.ssm = self.step_with_state_hook(step, emit, cache.ssm)
+            return y[:, None]
+        y, last = self.scan_with_state_hook(scan, emit, L, state_positions, device)
+        if cache is not None:
+            cache.ssm = last
+        return y
+
 
 def stepping(cache) -> bool:
     """Whether a mixer given ``cache`` (a :class:`~achilles_interp.generation.LayerState` or None)
