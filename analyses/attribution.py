@@ -24,7 +24,7 @@ import torch
 
 from achilles_interp.errors import UserError
 
-from .components import DEFAULT_COMPONENTS, check_components, hook_name, n_layers
+from .components import DEFAULT_COMPONENTS, check_components, component_hooks, n_layers, present_hooks
 from .metrics import PatchingData, check_metric, metric_per_example
 from .patching import Baselines, base_and_source, check_axis, check_direction
 from .results import GridResult
@@ -56,8 +56,8 @@ def attribution_patching(
     layers = check_axis("layers", layers, n_layers(model))
     positions = check_axis("positions", positions, data.seq_len)
     base, _ = base_and_source(data, direction)
-    names = {(c, layer): hook_name(model, c, layer) for c in components for layer in layers}
-    wanted = sorted({nm for nm in names.values() if nm is not None})
+    names = component_hooks(model, components, layers)
+    wanted = sorted(present_hooks(names))
     with_states = any(nm.endswith("hook_ssm_state") for nm in wanted)
     if baselines is None or not baselines.covers(wanted):
         baselines = Baselines.run(model, data, wanted)

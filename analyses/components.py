@@ -7,7 +7,7 @@ component (a Transformer has no conv) simply get NaN for it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from achilles_interp.errors import UserError
 
@@ -91,6 +91,16 @@ def check_layers(model, layers=None) -> List[int]:
 def conv_input(model) -> str:
     """The component that enters the conv: ``x`` (Mamba-1) or ``xBC`` (Mamba-2)."""
     return "x" if model.cfg.mixer == "mamba1" else "xBC"
+
+
+def component_hooks(model, components: Sequence[str], layers: Sequence[int]) -> Dict[tuple, Optional[str]]:
+    """``{(component, layer): hook name}`` for every pair, None where the model lacks the component."""
+    return {(c, layer): hook_name(model, c, layer) for c in components for layer in layers}
+
+
+def present_hooks(names: Dict[tuple, Optional[str]]) -> List[str]:
+    """The hook names of :func:`component_hooks` that exist, each once, in order."""
+    return list(dict.fromkeys(nm for nm in names.values() if nm is not None))
 
 
 def hook_name(model, component: str, layer: int) -> str | None:

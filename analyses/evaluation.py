@@ -29,6 +29,12 @@ class Outcome:
     data: PatchingData
     reps: int = 1
 
+    @classmethod
+    def of(cls, logits: torch.Tensor, data: PatchingData, reps: int = 1) -> "Outcome":
+        """The outcome of a run's full logits ``[reps * n, L, V]``: their answer positions' rows."""
+        ap = data.answer_positions().repeat(reps)
+        return cls(answer_logits(logits, ap)[:, 0].float().cpu(), data, reps)
+
     def metric(self, name: str) -> torch.Tensor:
         """Per-example ``logit_diff`` / ``prob`` / ``accuracy`` ``[reps * n]``
         (:mod:`analyses.metrics`)."""
@@ -56,6 +62,4 @@ def evaluate(model, tokens: torch.Tensor, data: PatchingData, interventions: Seq
     :mod:`analyses.interventions`, prepared for these tokens) and raw ``hooks`` (``(name, fn)``)
     and return the answer logits as an :class:`Outcome` scored on ``data``."""
     fwd = [h for iv in interventions for h in iv.hooks(model, tokens)] + list(hooks)
-    logits = model.run_with_hooks(tokens, fwd_hooks=fwd, **model_kwargs)
-    ap = data.answer_positions().repeat(reps)
-    return Outcome(answer_logits(logits, ap)[:, 0].float().cpu(), data, reps)
+    return Outcome.of(model.run_with_hooks(tokens, fwd_hooks=fwd, **model_kwargs), data, reps)

@@ -39,7 +39,8 @@ class PatchingData:
         answer_pos: int or ``LongTensor [n]``: the position whose logits predict the label.
         clean_labels, corrupted_labels: ``LongTensor [n]`` token ids.
         label_tokens: optional ``LongTensor [c]`` candidate answers (accuracy is argmax over them).
-        change: what differs between clean and corrupted (the task's change name, e.g. ``"query"``).
+        change: what differs between clean and corrupted (the task's change name, e.g. ``"query"``);
+            ``description``: the same in words (the task's ``info["change"]``).
     """
 
     clean_tokens: torch.Tensor
@@ -49,6 +50,7 @@ class PatchingData:
     corrupted_labels: torch.Tensor
     label_tokens: Optional[torch.Tensor] = None
     change: str = "custom"
+    description: str = ""
 
     def __post_init__(self) -> None:
         for name in ("clean_tokens", "corrupted_tokens"):
@@ -116,6 +118,7 @@ class PatchingData:
             self.corrupted_labels[idx],
             self.label_tokens,
             self.change,
+            self.description,
         )
 
     @classmethod
@@ -135,6 +138,7 @@ class PatchingData:
             info["corrupted_labels"],
             getattr(task, "label_tokens", None),
             info["change_name"],
+            info["change"],
         )
 
 

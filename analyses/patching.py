@@ -24,9 +24,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from achilles_interp.errors import UserError
-from achilles_interp.tasks import answer_logits
 
-from .components import DEFAULT_COMPONENTS, check_components, hook_name, n_layers
+from .components import DEFAULT_COMPONENTS, check_components, component_hooks, hook_name, n_layers, present_hooks
 from .evaluation import Outcome, evaluate
 from .interventions import Patch, Site, set_at
 from .metrics import PatchingData, check_metric
@@ -77,8 +76,7 @@ class Baselines:
         outs, acts = [], []
         for tokens in (data.clean_tokens, data.corrupted_tokens):
             logits, cache = model.run_with_cache(tokens, names_filter=lambda nm: nm in names, **kwargs)
-            ap = data.answer_positions()
-            outs.append(Outcome(answer_logits(logits, ap)[:, 0].float().cpu(), data))
+            outs.append(Outcome.of(logits, data))
             acts.append({nm: cache[nm] for nm in names})
         return cls(outs[0], outs[1], acts[0], acts[1])
 
@@ -156,8 +154,8 @@ def activation_patching(
     positions = check_axis("positions", positions, data.seq_len)
     n = data.n
     base, _ = base_and_source(data, direction)
-    names = {(c, layer): hook_name(model, c, layer) for c in components for layer in layers}
-    wanted = [nm for nm in names.values() if nm is not None]
+    names = component_hooks(model, components, layers)
+    wanted = present_hooks(names)
     if baselines is None or not baselines.covers(wanted):
         baselines = Baselines.run(model, data, wanted)
     src, base_acts, base_out = baselines.source_and_base(direction)

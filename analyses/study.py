@@ -22,8 +22,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from achilles_interp.catalog import MATCHING_TASKS
+from achilles_interp.errors import UserError
+
 from .attribution import agreement, attribution_patching
-from .components import DEFAULT_COMPONENTS, hook_name, is_mamba
+from .components import DEFAULT_COMPONENTS, component_hooks, is_mamba, present_hooks
 from .evaluation import evaluate
 from .fusion import fusion_report
 from .interventions import InterventionResult, ablation_set, conv_tap_cosine, paper_interventions, run_interventions
@@ -31,7 +34,6 @@ from .metrics import PatchingData
 from .patching import Baselines, activation_patching
 from .results import GridResult
 from .verdict import PathShares, path_shares
-from achilles_interp.errors import UserError
 
 SOLVES, FAILS = 0.9, 0.35  # test accuracy of a model that solves / fails the task (chance 0.2)
 
@@ -148,6 +150,7 @@ def study_model(name: str, model, task, cfg: StudyConfig, source: str = "in-memo
                 stage: Callable[[str], None] = lambda s: None) -> ModelStudy:
     """Every analysis of one model on ``task`` (see the module docstring)."""
     from achilles_interp.probes.position import key_slots, position_probes
+
     from achilles_interp.zoo import variant_name
 
     t0 = time.time()
@@ -158,14 +161,13 @@ def study_model(name: str, model, task, cfg: StudyConfig, source: str = "in-memo
                          getattr(task, "label_tokens", None))
     ms = ModelStudy(name, source, task.name, variant_name(model.cfg), mamba,
                     evaluate(model, test.tokens, data0).accuracy(), getattr(task, "format", None))
-    labels = None
+    labels, pairs = None, {}
     for change in getattr(task, "changes", ("default",)):
         stage(f"patching ({change} pairs)")
-        data = PatchingData.from_task(task, cfg.n, seed=cfg.seed, split="test", change=change)
+        data = pairs[change] = PatchingData.from_task(task, cfg.n, seed=cfg.seed, split="test", change=change)
         labels = labels or token_labels(data.clean_tokens[0])
-        names = [nm for c in cfg.components for layer in range(model.cfg.n_layers)
-                 if (nm := hook_name(model, c, layer)) is not None]
-        base = Baselines.run(model, data, names)
+        base = Baselines.run(model, data, present_hooks(component_hooks(model, cfg.components,
+                                                                          range(model.cfg.n_layers))))
         state_positions = None if cfg.state_cells == "all" else [data.single_answer_pos() - 1]
         act = activation_patching(model, data, cfg.components, metric=cfg.metric, cells_per_pass=cfg.cells_per_pass,
                                   token_labels=labels, model_name=name, keep_per_example=True, baselines=base,
@@ -173,14 +175,12 @@ def study_model(name: str, model, task, cfg: StudyConfig, source: str = "in-memo
         stage(f"attribution ({change} pairs)")
         attr = attribution_patching(model, data, cfg.components, metric=cfg.metric, token_labels=labels,
                                     model_name=name, baselines=base)
-        _, _, info = task.clean_corrupted_pairs(1, seed=cfg.seed, split="test", change=change)
         shares = None
         if mamba and {"conv_act", "ssm_state", "gate"} <= set(cfg.components):
             shares = path_shares(act, data.single_answer_pos(), seed=cfg.seed)
-        ms.pairs[change] = PairStudy(change, info["change"], data.diff_positions, act, attr,
+        ms.pairs[change] = PairStudy(change, data.description, data.diff_positions, act, attr,
                                      agreement(act, attr, per_component=True), shares)
-    first = next(iter(ms.pairs.values()))
-    data = PatchingData.from_task(task, cfg.n, seed=cfg.seed, split="test", change=first.change)
+    data = next(iter(pairs.values()))  # the task's first kind of pairs: fusion, interventions, attention
     comps = ("conv_out", "ssm_out", "resid_post") if mamba else ("attn_out", "resid_post")
     if cfg.fusion_examples:
         stage("fusion")
@@ -194,7 +194,7 @@ def study_model(name: str, model, task, cfg: StudyConfig, source: str = "in-memo
         ms.interventions = run_interventions(model, data, ivs, other=data.corrupted_tokens)
         if all(b.mixer.conv1d is not None for b in model.blocks):
             ms.conv_tap_cosine = conv_tap_cosine(model)[0].tolist()
-    if cfg.probe_examples and task.name in ("inverse-matching", "forward-matching"):  # key slots at 4k..4k+2
+    if cfg.probe_examples and task.name in MATCHING_TASKS:  # key slots at 4k..4k+2
         stage("position probes")
         probe_tokens = task.generate(cfg.probe_examples, seed=cfg.seed + 1, split="test").tokens
         ms.probes = position_probes(model, probe_tokens, key_slots(task.seq_len), seed=cfg.seed,

@@ -177,12 +177,12 @@ def probe_grid(
         DataFrame: component, layer, position, task_acc, control_acc, selectivity, train_acc.
     """
     import pandas as pd
-    from achilles_interp.analyses.components import check_components, hook_name
+    from achilles_interp.analyses.components import check_components, component_hooks, present_hooks
 
     components = check_components(components)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    names = {(c, layer): hook_name(model, c, layer) for c in components for layer in layers}
-    wanted = [v for v in names.values() if v is not None]
+    names = component_hooks(model, components, layers)
+    wanted = present_hooks(names)
     positions = sorted(targets)
     kwargs = {"ssm_state_positions": positions} if any(v.endswith("hook_ssm_state") for v in wanted) else {}
     with torch.no_grad():

@@ -139,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
     from achilles_interp.analyses.explanation import explain
     from achilles_interp.analyses.report import markdown_path, write_study
     from achilles_interp.analyses.study import StudyConfig, run_study
+    from achilles_interp.catalog import FORMAT_TASKS
     from achilles_interp.tasks import get_task
-    from achilles_interp.training.trainer import FORMAT_TASKS
+    from achilles_interp.training.trainer import resolve_task
 
     from ..cli import CLIError
     from ..training.validation import check_seeds
@@ -186,13 +187,10 @@ def run(args: argparse.Namespace) -> int:
         if task_name.startswith("text-"):
             if getattr(model, "tokenizer", None) is None:
                 raise CLIError(f"{name}: the text tasks need the model's tokenizer, and none was found with it")
-            kw = {"tokenizer": model.tokenizer}
-        else:
-            kw = {"n_layers": model.cfg.n_layers} if task_name.endswith("matching") else {}
-            fmt = fmt or args.task_format
-            if fmt is not None and task_name in FORMAT_TASKS:
-                kw["format"] = fmt
-        tasks[name] = get_task(task_name, **kw)
+            tasks[name] = get_task(task_name, tokenizer=model.tokenizer)
+        else:  # the trainer's rule: matching tasks get the model's depth, format where the task has one
+            fmt = (fmt or args.task_format) if task_name in FORMAT_TASKS else None
+            tasks[name] = resolve_task(task_name, model.cfg.n_layers, fmt)
     cfg = StudyConfig(n=args.n, seed=args.seed, components=components, metric=args.metric,
                       eval_examples=args.eval_examples, fusion_examples=args.fusion_examples,
                       fusion_probes=args.fusion_probes, probe_examples=args.probe_examples,
@@ -201,9 +199,10 @@ def run(args: argparse.Namespace) -> int:
     study = run_study(models, tasks, cfg, sources, progress=say)
     explanation = explain(study, grid)
     write_study(study, explanation, args.out, command_line(args, "patch"))
-    for name, m in study.models.items():
-        shares = "; ".join(f"{c}: {p.shares.sentence()}" for c, p in m.pairs.items() if p.shares)
-        print(f"{name}: test accuracy {m.accuracy:.3f} ({m.role})" + (f"; shares {shares}" if shares else ""))
+    if say is None:  # with progress, each model's result was printed as soon as it was known
+        for name, m in study.models.items():
+            shares = "; ".join(f"{c}: {p.shares.sentence()}" for c, p in m.pairs.items() if p.shares)
+            print(f"{name}: test accuracy {m.accuracy:.3f} ({m.role})" + (f"; shares {shares}" if shares else ""))
     print(f"verdict: {explanation.sentence}")
     print(f"wrote {args.out}/ and {markdown_path(Path(args.out))} in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
              if args.models is None or c.model in args.models]
     if not cells:
         raise UserError(f"no cell of the grid uses the variants {args.models}")
+    command = command_line(args, "reproduce")
     if not args.render_only:
         from ..training.distributed import run_specs, summary_line, visible_gpus
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 runs_per_gpu = -(-args.jobs // n_gpus)
         result = run_specs(specs, args.runs_dir, scheduler=args.scheduler, runs_per_gpu=runs_per_gpu,
                            device=args.device, threads=args.threads, n_workers=args.jobs, gpus=args.gpus,
-                           retries=args.retries, time_limit=args.time_limit, command=command_line(args, "reproduce"),
+                           retries=args.retries, time_limit=args.time_limit, command=command,
                            progress=False)
         print(summary_line(result))
     results = collect(args.runs_dir, cells, args.seeds, args.preset)
@@ -111,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     if args.ablation_runs:
         ablation = ("Ablation: the special-token format (earlier grid)",
                     collect_ablation(args.ablation_runs, args.mixers, args.seeds))
-    command = command_line(args, "reproduce")
     write_report(out, results, paper_claims(args.mixers), command, assets, ablation=ablation)
     print(f"wrote {out} and {assets}/")
     return 0

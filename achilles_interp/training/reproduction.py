@@ -10,13 +10,13 @@ Layout read: ``runs_dir/<task>/<cell label>/seed<k>/metrics.json`` (:meth:`RunSp
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..catalog import MATCHING_TASKS
 from ..outputs import write_json, write_text
 from .claims import LEARNED, NEAR_CHANCE, SOLVES, Claim, Measure, Verdict, check
 from .compare import fmt, plot_accuracy, stats
@@ -87,25 +87,19 @@ class CellResult:
         return []
 
 
-def read_run(path: Path, seed: int) -> Optional[RunResult]:
-    f = Path(path) / "metrics.json"
-    if not f.is_file():
-        return None
-    d = json.loads(f.read_text())
-    return RunResult(seed, bool(d.get("complete")), d["run"]["epochs"], d.get("history", []), d.get("final"),
-                     d.get("provenance", {}))
-
-
 def collect(runs_dir, cells: Sequence[Cell], seeds: Sequence[int], preset: str = "paper") -> dict:
     """``{cell: CellResult}`` for every cell of the grid (in order)."""
     out = {}
     for cell in cells:
         res = CellResult(cell)
         for seed in seeds:
-            run = read_run(RunSpec(cell, seed, preset).run_dir(runs_dir), seed)
-            if run is None:
+            doc = RunSpec(cell, seed, preset).metrics(runs_dir)
+            if doc is None:
                 res.missing.append(seed)
-            elif run.complete:
+                continue
+            run = RunResult(seed, bool(doc.get("complete")), doc["run"]["epochs"], doc.get("history", []),
+                            doc.get("final"), doc.get("provenance", {}))
+            if run.complete:
                 res.runs.append(run)
             else:
                 res.unfinished.append(run)
@@ -117,9 +111,7 @@ def collect_ablation(runs_dir, mixers: Sequence[str], seeds: Sequence[int]) -> d
     """The earlier special-token grid (``docs/special_tokens/reproduction_runs``): matching cells as
     :func:`paper_cells` names them, composite cells without a depth suffix (that grid trained every
     composite model at the preset's 2 layers); cells with no run are left out."""
-    from .paper_grid import MATCHING_TASKS
-
-    cells = [c for c in paper_cells(mixers, MATCHING_TASKS)]
+    cells = paper_cells(mixers, MATCHING_TASKS)
     cells += [Cell("composite", m, mx) for mx in mixers for m in ("mamba", "mamba-ones", "mamba-pe")]
     found = collect(runs_dir, cells, seeds)
     return {c: r for c, r in found.items() if r.runs or r.unfinished}
