@@ -30,6 +30,11 @@ import time
 
 import torch
 
+try:  # run as a script: this folder is on sys.path
+    from _timing import measure, median_ms
+except ImportError:  # imported as benchmarks.pretrained_scale
+    from benchmarks._timing import measure, median_ms
+
 SHAPES = {
     "mamba-2.8b": dict(mixer="mamba1", d_model=2560, n_layers=64, d_state=16, vocab=50277, pad=8),
     "mamba2-2.7b": dict(mixer="mamba2", d_model=2560, n_layers=64, d_state=128, vocab=50277, pad=16),
@@ -37,32 +42,15 @@ SHAPES = {
 
 
 def bench(fn, warmup=2, reps=5):
-    """(median ms, peak bytes allocated above what was allocated before) of fn(); the result is dropped."""
-    for _ in range(warmup):
-        out = fn()
-        del out
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-        del out
+    """(median ms of ``reps`` calls after ``warmup``, peak bytes of one more call above what was
+    allocated before it) of fn(); results dropped, caches emptied before and after the memory call."""
+    ms = median_ms(fn, warmup, reps)
     gc.collect()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
+    _, peak, out = measure(fn)
     del out
     gc.collect()
     torch.cuda.empty_cache()
-    times.sort()
-    return times[len(times) // 2], peak
+    return ms, peak
 
 
 def build(name: str, quick: bool):
