@@ -64,10 +64,13 @@ class Norm(nn.Module):
         self.bias = None if rms else nn.Parameter(torch.zeros(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[..., d]`` -> ``[..., d]`` in the weight's dtype: a residual stream kept in fp32
+        (``residual_in_fp32``) is normed in fp32 and handed to a half-precision mixer in its dtype,
+        as ``mamba_ssm``'s fused add + norm does."""
         if self.rms:
-            return rms_norm(x, self.weight, self.eps)
+            return rms_norm(x, self.weight, self.eps).to(self.weight.dtype)
         f = accum_dtype(x)
-        return F.layer_norm(x.to(f), x.shape[-1:], self.weight.to(f), self.bias.to(f), self.eps).to(x.dtype)
+        return F.layer_norm(x.to(f), x.shape[-1:], self.weight.to(f), self.bias.to(f), self.eps).to(self.weight.dtype)
 
 
 class MambaBlock(nn.Module):

@@ -184,6 +184,29 @@ def test_no_tokenizer_is_one_line_error():
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_half_precision_model_keeps_fp32_residual_and_matches_fp32_reference(mixer):
+    """A bf16 model (``to_dtype``: fp32 residual stream, fp32 A_log / D / dt_bias) on the torch backend:
+    the norm hands each mixer bf16, as mamba_ssm's block does, and every cached activation stays within
+    the bf16 tolerance of the fp32 model on the same rounded weights."""
+    from achilles_interp.loading import to_dtype
+
+    extra = dict(headdim=8, chunk_size=8) if mixer == "mamba2" else {}
+    half = to_dtype(tiny(mixer=mixer, **extra), torch.bfloat16)
+    ref = tiny(mixer=mixer, **extra)
+    ref.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    tokens = torch.randint(0, 40, (2, 30))
+    with torch.no_grad():
+        out_h, cache_h = half.run_with_cache(tokens, ssm_state_positions=[3, 17])
+        out_r, cache_r = ref.run_with_cache(tokens, ssm_state_positions=[3, 17])
+        plain = half(tokens)
+    assert cache_h["blocks.1.hook_resid_pre"].dtype == torch.float32
+    assert cache_h["blocks.1.mixer.hook_in"].dtype == torch.bfloat16
+    assert out_h.dtype == plain.dtype == torch.bfloat16 and torch.equal(out_h, plain)
+    worst = max((_rel(cache_h[k], cache_r[k]), k) for k in cache_r.keys())
+    assert worst[0] < HALF_TOLERANCE[torch.bfloat16], worst
+
+
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 def _cuda_model(mixer, dtype=torch.float32, **kw):
     from achilles_interp.loading import to_dtype
