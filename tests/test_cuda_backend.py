@@ -134,19 +134,27 @@ def test_hooks_off_forward_uses_fused_kernel(mixer, fused, monkeypatch):
         assert len(calls) == fast.cfg.n_layers, "hooks attached: the fused path must not run"
 
 
-@pytest.mark.parametrize("mixer,fused", [("mamba1", "mamba_inner_fn"), ("mamba2", "mamba_split_conv1d_scan_combined")])
-def test_plain_and_nnsight_hooks_fire_on_the_cuda_backend(mixer, fused, monkeypatch):
-    """Hooks that are not TransformerLens hooks (a plain forward hook, an nnsight trace) keep their
-    mixer off the fused kernel, so they fire; the other mixers stay fused."""
+FUSED = [("mamba1", "mamba_inner_fn"), ("mamba2", "mamba_split_conv1d_scan_combined")]
+
+
+def _count_fused_calls(fused, monkeypatch) -> list:
+    """Replace the fused kernel ``fused`` by a wrapper that appends to the returned list per call."""
     from achilles_interp.kernels import cuda_ops
-    from achilles_interp.nnsight_support import trace
-    ref, fast = pair(mixer)
     calls = []
     real = cuda_ops.kernel(fused)
     monkeypatch.setitem(cuda_ops._modules(), fused, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("mixer,fused", FUSED)
+def test_plain_forward_hook_fires_on_the_cuda_backend(mixer, fused, monkeypatch):
+    """A plain ``register_forward_hook`` (not a TransformerLens hook) keeps its mixer off the fused
+    kernel, so it fires; the other mixer stays fused."""
+    ref, fast = pair(mixer)
+    calls = _count_fused_calls(fused, monkeypatch)
     tokens = torch.randint(0, 300, (2, 64), device="cuda")
     with torch.no_grad():
-        _, cache = ref.run_with_cache(tokens, ssm_state_positions="all")
+        _, cache = ref.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_conv_act"))
         seen = {}
         handle = fast.blocks[0].mixer.hook_conv_act.register_forward_hook(
             lambda mod, inp, out: seen.__setitem__("u", out.detach().clone()))
@@ -155,7 +163,18 @@ def test_plain_and_nnsight_hooks_fire_on_the_cuda_backend(mixer, fused, monkeypa
     assert len(calls) == 1, "layer 0 hooked, layer 1 fused"
     assert rel_err(seen["u"], cache["blocks.0.mixer.hook_conv_act"]) <= 1e-3
     assert rel_err(out, ref(tokens)) <= 1e-3
-    calls.clear()
+
+
+@pytest.mark.parametrize("mixer,fused", FUSED)
+def test_nnsight_reads_states_on_the_cuda_backend(mixer, fused, monkeypatch):
+    """An nnsight trace that reads ``hook_ssm_state`` keeps that mixer off the fused kernel."""
+    pytest.importorskip("nnsight")
+    from achilles_interp.nnsight_support import trace
+    ref, fast = pair(mixer)
+    calls = _count_fused_calls(fused, monkeypatch)
+    tokens = torch.randint(0, 300, (2, 64), device="cuda")
+    with torch.no_grad():
+        _, cache = ref.run_with_cache(tokens, ssm_state_positions="all")
     nn_model = trace(fast)
     with nn_model.trace(tokens):
         y = nn_model.backbone.layers[1].mixer.hook_ssm_state.output.save()
