@@ -3,11 +3,16 @@
 Prints one table of ratios from a single run (targets from issue #2):
   * hooks off             HookedMamba / MambaLMHeadModel           target <= 1.10x
   * run_with_cache        full cache, no states / MambaLMHeadModel target <= 1.60x
-  * all-position states   naive per-timestep loop (on cached u, dt, B, C) / the cost our cache adds
-                          for all-position states                  target >= 50x faster
+  * listed states         run_with_cache with hook_ssm_state at --state-positions evenly spaced
+                          positions (every other hook cached too) / MambaLMHeadModel
+                          (issue #17, Mamba-2 at d_model 1024, 4 layers, L 4096, batch 4: target <= 1.3x)
+  * all-position states   (Mamba-1) naive per-timestep loop (on cached u, dt, B, C) / the cost our cache
+                          adds for all-position states                  target >= 50x faster
                           (the end-to-end ratio, forward + loop vs our forward with states, is printed too)
 
 Usage (device): python benchmarks/forward.py [--mixer mamba1|mamba2] [--quick] [--json PATH]
+                [--d-model 768] [--layers 4] [--batch 8] [--lengths 512 2048] [--state-positions 16]
+Issue #17's setting: python benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 --lengths 4096
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ def naive_state_loop(cache, model):
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--mixer", default="mamba1", choices=["mamba1", "mamba2"])
+    p.add_argument("--d-model", type=int, default=768)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
+    p.add_argument("--state-positions", type=int, default=16,
+                   help="evenly spaced positions whose states the 'listed states' row caches")
     add_quick_json(p)
     args = p.parse_args(argv)
     if gpu_missing("benchmarks/forward.py"):
@@ -57,8 +68,8 @@ def main(argv=None) -> int:
 
     from achilles_interp import HookedMamba, MambaConfig
 
-    d_model, n_layer, batch = (256, 2, 2) if args.quick else (768, 4, 8)
-    lengths = [128] if args.quick else [512, 2048]
+    d_model, n_layer, batch = (256, 2, 2) if args.quick else (args.d_model, args.layers, args.batch)
+    lengths = [128] if args.quick else args.lengths
     vocab = 50277
     ssm_cfg = {"layer": "Mamba1"} if args.mixer == "mamba1" else {"layer": "Mamba2", "d_state": 128}
     theirs = MambaLMHeadModel(SsmConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab, ssm_cfg=ssm_cfg,
@@ -77,8 +88,11 @@ def main(argv=None) -> int:
             t_ref = bench(lambda: theirs(tokens))
             t_off = bench(lambda: ours(tokens))
             t_cache = bench(lambda: ours.run_with_cache(tokens))
+            listed = torch.linspace(0, L - 1, args.state_positions).long().tolist()
+            t_listed = bench(lambda: ours.run_with_cache(tokens, ssm_state_positions=listed), warmup=1, reps=5)
             row = dict(L=L, batch=batch, rel_err=err, mamba_ssm_ms=t_ref, hooks_off_ms=t_off,
-                       run_with_cache_ms=t_cache, hooks_off_ratio=t_off / t_ref, cache_ratio=t_cache / t_ref)
+                       run_with_cache_ms=t_cache, hooks_off_ratio=t_off / t_ref, cache_ratio=t_cache / t_ref,
+                       state_positions=len(listed), listed_states_ms=t_listed, listed_states_ratio=t_listed / t_ref)
             if args.mixer == "mamba1":
                 names = lambda n: n.endswith(("hook_ssm_state", "hook_conv_act", "hook_dt", "hook_B", "hook_C"))  # noqa: E731
                 t_states = bench(lambda: ours.run_with_cache(tokens, names_filter=names, ssm_state_positions="all"),
@@ -108,6 +122,7 @@ def main(argv=None) -> int:
           f"batch {batch}, fp32, {torch.cuda.get_device_name()}")
     header = ("L", "logits rel.err", "mamba_ssm ms", "hooks off ms (ratio, target <=1.10)",
               "run_with_cache ms (ratio, target <=1.60)",
+              f"+ states at {args.state_positions} positions ms (ratio; Mamba-2 target <=1.3)",
               "state cost ms: our all-pos cache minus the same cache without states",
               "naive loop ms (speed-up on the state cost, target >=50; end to end)")
 
@@ -117,7 +132,8 @@ def main(argv=None) -> int:
                   f"state rel.err {r['states_rel_err']:.1e})"] if "states_ms" in r else ["n/a", "n/a"]
         return [str(r["L"]), f"{r['rel_err']:.1e}", f"{r['mamba_ssm_ms']:.2f}",
                 f"{r['hooks_off_ms']:.2f} ({r['hooks_off_ratio']:.2f}x)",
-                f"{r['run_with_cache_ms']:.2f} ({r['cache_ratio']:.2f}x)", *states]
+                f"{r['run_with_cache_ms']:.2f} ({r['cache_ratio']:.2f}x)",
+                f"{r['listed_states_ms']:.2f} ({r['listed_states_ratio']:.2f}x)", *states]
     print_table(header, [cells(r) for r in rows])
     write_json(args.json, rows)
     return 0
