@@ -25,7 +25,7 @@ for f in sorted(glob.glob('/tmp/runs/*/*/seed*/metrics.json')):
     rows.append(f"{'DONE' if d['complete'] else 'run '} ep{h['epoch'] if h else 0:>3} {f[10:-13]}: {acc}")
 print(time.strftime('%X'), len(rows), 'runs'); print('\n'.join(rows))
 PY
-  tail -2 /tmp/grid.log; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  for f in /tmp/grid*.log; do tail -2 "$f"; done; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   pack
   [ $(date +%s) -ge $end ] && break
   sleep 60

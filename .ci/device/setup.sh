@@ -4,4 +4,7 @@ if [ ! -d /tmp/site/mamba_ssm ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .cuda/device-wheels/*.whl
   [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
 fi
+# probes/ and analyses/ are achilles_interp.probes / .analyses only through pyproject's package-dir
+# mapping (an install); on a plain PYTHONPATH checkout, links give the same package names
+for d in probes analyses; do [ -e achilles_interp/$d ] || ln -s ../$d achilles_interp/$d; done
 export PYTHONPATH=/tmp/site:$PWD:$PYTHONPATH TRITON_CACHE_AUTOTUNING=1 PYTHONUNBUFFERED=1

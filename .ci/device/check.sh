@@ -1,0 +1,25 @@
+# GPU tests and every benchmark's GPU table in one call, each step time-boxed, output into $OUT:
+#   bash .ci/device/check.sh [STEP...]   (after `. .ci/device/setup.sh`; default: every step;
+#                                          Mamba-1 steps need cuda_selective_scan.txz unpacked too)
+# Steps: pytest_cuda (pytest -m cuda); forward_mamba2_issue17 (forward.py at issue #17's setting:
+# Mamba-2 d_model 1024, 4 layers, L 4096, batch 4, states at 16 positions); states_mamba2 and
+# effective_attention_mamba2; pretrained_scale (2.8B / 2.7B shapes, bf16); grid_scaling (1 GPU vs 2;
+# needs the x2 machine).
+steps=${*:-pytest_cuda forward_mamba2_issue17 states_mamba2 effective_attention_mamba2 pretrained_scale grid_scaling}
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 secs=$2; shift 2
+  [[ " $steps " == *" $name "* ]] || return 0
+  local t0=$(date +%s)
+  timeout "$secs" "$@" > "$OUT/$name.txt" 2>&1
+  echo "== $name: rc=$? in $(( $(date +%s) - t0 )) s"; tail -25 "$OUT/$name.txt"
+}
+nvidia-smi -L
+# -v: each test's outcome is printed as it ends, so a step cut by its timeout still says what failed
+step pytest_cuda 420 python3 -m pytest -v -m cuda -p no:cacheprovider -rfE --tb=short --durations=8 --continue-on-collection-errors
+step forward_mamba2_issue17 150 python3 benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 \
+  --lengths 4096 --json "$OUT/forward_mamba2_issue17.json"
+step states_mamba2 90 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
+step effective_attention_mamba2 60 python3 benchmarks/effective_attention.py --mixer mamba2 \
+  --json "$OUT/effective_attention_mamba2.json"
+step pretrained_scale 150 python3 benchmarks/pretrained_scale.py --json "$OUT/pretrained_scale.json"
+step grid_scaling 330 python3 benchmarks/grid_scaling.py --epochs 3 --json "$OUT/grid_scaling.json"
