@@ -118,22 +118,6 @@ def test_mixer_equals_mamba_ssm_module(mixer):
         assert rel_err(mixer_mod(x), ref) <= 1e-3                    # the reference by default
 
 
-@pytest.mark.parametrize("mixer,fused", [("mamba1", "mamba_inner_fn"), ("mamba2", "mamba_split_conv1d_scan_combined")])
-def test_hooks_off_forward_uses_fused_kernel(mixer, fused, monkeypatch):
-    from achilles_interp.kernels import cuda_ops
-    _, fast = pair(mixer)
-    calls = []
-    real = cuda_ops.kernel(fused)
-    table = cuda_ops._modules()
-    monkeypatch.setitem(table, fused, lambda *a, **k: calls.append(1) or real(*a, **k))
-    tokens = torch.randint(0, 300, (2, 64), device="cuda")
-    with torch.no_grad():
-        fast(tokens)
-        assert len(calls) == fast.cfg.n_layers
-        fast.run_with_cache(tokens)
-        assert len(calls) == fast.cfg.n_layers, "hooks attached: the fused path must not run"
-
-
 FUSED = [("mamba1", "mamba_inner_fn"), ("mamba2", "mamba_split_conv1d_scan_combined")]
 
 
@@ -144,6 +128,18 @@ def _count_fused_calls(fused, monkeypatch) -> list:
     real = cuda_ops.kernel(fused)
     monkeypatch.setitem(cuda_ops._modules(), fused, lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
+
+
+@pytest.mark.parametrize("mixer,fused", FUSED)
+def test_hooks_off_forward_uses_fused_kernel(mixer, fused, monkeypatch):
+    _, fast = pair(mixer)
+    calls = _count_fused_calls(fused, monkeypatch)
+    tokens = torch.randint(0, 300, (2, 64), device="cuda")
+    with torch.no_grad():
+        fast(tokens)
+        assert len(calls) == fast.cfg.n_layers
+        fast.run_with_cache(tokens)
+        assert len(calls) == fast.cfg.n_layers, "hooks attached: the fused path must not run"
 
 
 @pytest.mark.parametrize("mixer,fused", FUSED)
