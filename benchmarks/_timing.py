@@ -73,6 +73,11 @@ def median_ms(fn, warmup: int = 1, reps: int = 3) -> float:
     return timed(fn, warmup, reps)[0]
 
 
+def spaced_positions(L: int, n: int) -> list[int]:
+    """Up to ``n`` distinct positions spread evenly over ``[0, L)``, first and last included, ascending."""
+    return torch.linspace(0, L - 1, n).round().long().unique().tolist()
+
+
 def md_row(cells) -> str:
     return "| " + " | ".join(cells) + " |"
 

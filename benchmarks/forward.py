@@ -23,9 +23,10 @@ import time
 import torch
 
 try:  # run as a script: this folder is on sys.path
-    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, spaced_positions, write_json
 except ImportError:  # imported as benchmarks.forward
-    from benchmarks._timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+    from benchmarks._timing import (add_quick_json, gpu_missing, median_ms, parser, print_table, spaced_positions,
+                                    write_json)
 
 
 def bench(fn, warmup=3, reps=10):
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
             t_ref = bench(lambda: theirs(tokens))
             t_off = bench(lambda: ours(tokens))
             t_cache = bench(lambda: ours.run_with_cache(tokens))
-            listed = torch.linspace(0, L - 1, args.state_positions).long().tolist()
+            listed = spaced_positions(L, args.state_positions)
             t_listed = bench(lambda: ours.run_with_cache(tokens, ssm_state_positions=listed), warmup=1, reps=5)
             row = dict(L=L, batch=batch, rel_err=err, mamba_ssm_ms=t_ref, hooks_off_ms=t_off,
                        run_with_cache_ms=t_cache, hooks_off_ratio=t_off / t_ref, cache_ratio=t_cache / t_ref,

@@ -31,9 +31,9 @@ import time
 import torch
 
 try:  # run as a script: this folder is on sys.path
-    from _timing import measure, median_ms
+    from _timing import measure, median_ms, spaced_positions
 except ImportError:  # imported as benchmarks.pretrained_scale
-    from benchmarks._timing import measure, median_ms
+    from benchmarks._timing import measure, median_ms, spaced_positions
 
 SHAPES = {
     "mamba-2.8b": dict(mixer="mamba1", d_model=2560, n_layers=64, d_state=16, vocab=50277, pad=8),
@@ -82,7 +82,7 @@ def run_model(name: str, args) -> dict:
     theirs, ours, shape = build(name, args.quick)
     L = 256 if args.quick else args.seq_len
     tokens = torch.randint(0, shape["vocab"], (args.batch, L), device="cuda")
-    positions = torch.linspace(0, L - 1, args.positions).round().long().unique().tolist()
+    positions = spaced_positions(L, args.positions)
     row = dict(model=name, mixer=shape["mixer"], d_model=shape["d_model"], n_layers=shape["n_layers"], L=L,
                batch=args.batch, weights_gib=sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**30)
     with torch.no_grad():
