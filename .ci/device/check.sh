@@ -22,4 +22,4 @@ step states_mamba2 90 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/s
 step effective_attention_mamba2 60 python3 benchmarks/effective_attention.py --mixer mamba2 \
   --json "$OUT/effective_attention_mamba2.json"
 step pretrained_scale 150 python3 benchmarks/pretrained_scale.py --json "$OUT/pretrained_scale.json"
-step grid_scaling 330 python3 benchmarks/grid_scaling.py --epochs 3 --json "$OUT/grid_scaling.json"
+step grid_scaling 240 python3 benchmarks/grid_scaling.py --epochs 3 --json "$OUT/grid_scaling.json"

@@ -1,0 +1,82 @@
+"""Pack a grid's results under /tmp/runs into $OUT within what a device call may return (at most 8 files,
+16 MiB each, 64 MiB in all): metrics.tgz (every run's metrics.json, config.json, train.log), models_N.tar
+(the weights of finished runs not returned by an earlier call, <= 15 MiB each) and, with --states, states_N.tar
+(the train_state.pt of unfinished runs, most advanced first, in what room is left).
+
+    python3 .ci/device/pack.py [--states] [--commit]
+
+--commit records the models packed now as returned (/tmp/returned.txt), for the last pack of a call.
+Each pack replaces the previous one in $OUT, so a call cut short still returns its latest pack."""
+
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+MiB = 1 << 20
+RUNS, OUT, RETURNED = Path("/tmp/runs"), Path(os.environ["OUT"]), Path("/tmp/returned.txt")
+FILE_LIMIT, TOTAL_LIMIT, MAX_FILES = 15 * MiB, 60 * MiB, 8
+
+
+def chunks(paths, budget, files_left):
+    """Greedy split of paths (in order) into tars of <= FILE_LIMIT within budget; skips what does not fit."""
+    out, cur, size, used = [], [], 0, 0
+    for p in paths:
+        s = p.stat().st_size + 4096
+        if size + s > FILE_LIMIT and cur:
+            out.append(cur)
+            cur, size = [], 0
+        if used + s > budget or len(out) + 1 > files_left:
+            break
+        cur.append(p)
+        size += s
+        used += s
+    if cur:
+        out.append(cur)
+    return out, used
+
+
+def write(prefix, groups):
+    for old in OUT.glob(f"{prefix}_*.tar"):
+        old.unlink()
+    for i, group in enumerate(groups):
+        with tarfile.open(OUT / f"{prefix}_{i}.tar.part", "w") as tar:
+            for p in group:
+                tar.add(p, arcname=str(p.relative_to(RUNS)))
+        (OUT / f"{prefix}_{i}.tar.part").rename(OUT / f"{prefix}_{i}.tar")
+
+
+def main(argv):
+    with tarfile.open(OUT / "metrics.tgz.part", "w:gz") as tar:
+        for name in ("metrics.json", "config.json", "train.log"):
+            for p in sorted(RUNS.glob(f"**/{name}")):
+                tar.add(p, arcname=str(p.relative_to(RUNS)))
+    (OUT / "metrics.tgz.part").rename(OUT / "metrics.tgz")
+    used, files = (OUT / "metrics.tgz").stat().st_size, 1
+    returned = set(RETURNED.read_text().split()) if RETURNED.exists() else set()
+    models = [p for p in sorted(RUNS.glob("**/model.safetensors")) if str(p) not in returned]
+    groups, size = chunks(models, TOTAL_LIMIT - used, MAX_FILES - files)
+    write("models", groups)
+    used, files = used + size, files + len(groups)
+    packed = [str(p) for g in groups for p in g]
+    if len(packed) < len(models):
+        print(f"pack: {len(models) - len(packed)} finished model(s) left for a later call")
+    if "--states" in argv:
+        def epoch(state):
+            hist = json.loads((state.parent / "metrics.json").read_text())["history"]
+            return hist[-1]["epoch"] if hist else 0
+        states = [p for p in RUNS.glob("**/train_state.pt") if not (p.parent / "model.safetensors").exists()]
+        states.sort(key=epoch, reverse=True)
+        sgroups, _ = chunks(states, TOTAL_LIMIT - used, MAX_FILES - files)
+        write("states", sgroups)
+        n = sum(map(len, sgroups))
+        print(f"pack: states of {n} of {len(states)} unfinished run(s)"
+              + (": left out " + ", ".join(str(p.parent.relative_to(RUNS)) for p in states[n:]) if n < len(states) else ""))
+    if "--commit" in argv:
+        with RETURNED.open("a") as f:
+            f.writelines(p + "\n" for p in packed)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
