@@ -14,8 +14,21 @@ step() {  # step NAME SECONDS COMMAND...
   echo "== $name: rc=$? in $(( $(date +%s) - t0 )) s"; tail -25 "$OUT/$name.txt"
 }
 nvidia-smi -L
-# -v: each test's outcome is printed as it ends, so a step cut by its timeout still says what failed
-step pytest_cuda 420 python3 -m pytest -v -m cuda -p no:cacheprovider -rfE --tb=short --durations=8 --continue-on-collection-errors
+# pytest -m cuda one module at a time, each in its own time box and output file (pytest prints tracebacks
+# only at the end of a session, so one slow module cut by a single box lost every failure's traceback);
+# -v names each outcome as it ends; pytest-timeout (in the device image) fails a test that hangs
+pytest_cuda() {
+  local per_test=() rc=0 m
+  python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=150)
+  for m in test_ssd_states test_triton_scan test_training test_generation test_effective_attention test_cuda_backend; do
+    timeout 200 python3 -m pytest -v -m cuda -p no:cacheprovider -rfE --tb=short --durations=5 "${per_test[@]}" \
+      "tests/$m.py" > "$OUT/pytest_$m.txt" 2>&1 || rc=$?
+    echo "-- $m: $(tail -1 "$OUT/pytest_$m.txt")"
+  done
+  return $rc
+}
+export -f pytest_cuda
+step pytest_cuda 540 bash -c pytest_cuda
 step forward_mamba2_issue17 150 python3 benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 \
   --lengths 4096 --json "$OUT/forward_mamba2_issue17.json"
 step states_mamba2 90 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
