@@ -71,8 +71,8 @@ def main(argv):
         sgroups, _ = chunks(states, TOTAL_LIMIT - used, MAX_FILES - files)
         write("states", sgroups)
         n = sum(map(len, sgroups))
-        print(f"pack: states of {n} of {len(states)} unfinished run(s)"
-              + (": left out " + ", ".join(str(p.parent.relative_to(RUNS)) for p in states[n:]) if n < len(states) else ""))
+        left = ", ".join(str(p.parent.relative_to(RUNS)) for p in states[n:])
+        print(f"pack: states of {n} of {len(states)} unfinished run(s)" + (f": left out {left}" if left else ""))
     if "--commit" in argv:
         with RETURNED.open("a") as f:
             f.writelines(p + "\n" for p in packed)
