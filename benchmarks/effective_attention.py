@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                    help="mamba1: per-channel maps; mamba2: per-head (SSD) maps")
     args = p.parse_args(argv)
     if gpu_missing("benchmarks/effective_attention.py"):
-        return 2
+        return 0
     from triton.testing import do_bench
 
     if args.mixer == "mamba2":

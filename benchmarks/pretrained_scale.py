@@ -31,9 +31,9 @@ import time
 import torch
 
 try:  # run as a script: this folder is on sys.path
-    from _timing import measure, median_ms, spaced_positions
+    from _timing import gpu_missing, measure, median_ms, spaced_positions
 except ImportError:  # imported as benchmarks.pretrained_scale
-    from benchmarks._timing import measure, median_ms, spaced_positions
+    from benchmarks._timing import gpu_missing, measure, median_ms, spaced_positions
 
 SHAPES = {
     "mamba-2.8b": dict(mixer="mamba1", d_model=2560, n_layers=64, d_state=16, vocab=50277, pad=8),
@@ -146,9 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="4 layers of d_model 256 at L 256: a smoke test")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/pretrained_scale.py: no GPU here; it compares the CUDA kernels, so there is nothing to run "
-              "(skipped)")
+    if gpu_missing("benchmarks/pretrained_scale.py"):
         return 0
     try:
         import mamba_ssm  # noqa: F401

@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-size", type=int, default=256, help="mamba2: chunk size (default 256)")
     args = p.parse_args(argv)
     if gpu_missing("benchmarks/states.py"):
-        return 2
+        return 0
     from triton.testing import do_bench
 
     if args.mixer == "mamba2":

@@ -24,6 +24,11 @@ from achilles_interp.training.presets import PRESETS
 from achilles_interp.training.trainer import param_groups
 from achilles_interp.zoo import build_model
 
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.train_step
+    from _timing import gpu_missing
+except ImportError:
+    from benchmarks._timing import gpu_missing
+
 
 def parse_override(text: str) -> tuple[str, object]:
     """``"chunk_size=32"`` -> ``("chunk_size", 32)``; the value is read as a Python literal if it is one."""
@@ -56,7 +61,7 @@ def time_steps(
     return (time.perf_counter() - t0) / steps * 1e3, float(loss), "cuda-graph" if step.graphed else "eager"
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument(
@@ -81,8 +86,8 @@ def main(argv=None) -> None:
     p.add_argument("--graphed-only", action="store_true", help="skip the eager timing")
     args = p.parse_args(argv)
     overrides = dict(args.set)
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
+    if gpu_missing("benchmarks/train_step.py"):
+        return 0
     task = get_task("inverse-matching", n_layers=PRESETS["paper"].model["n_layers"])
     data = task.generate(8 * 1024, seed=0, split="train").to("cuda")
     batches = [data[i * 1024 : (i + 1) * 1024] for i in range(8)]
@@ -106,7 +111,8 @@ def main(argv=None) -> None:
                 continue
             te, le, _ = time_steps(name, mixer, False, args.steps, batches, ov)
             print(f"| {row} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
