@@ -47,8 +47,10 @@ def test_grid_finishes_reports_a_failing_run_and_reruns_skip(tmp_path, cluster):
     runs = tmp_path / "runs"
     good = [spec(m, s) for s in (0, 1) for m in ("mamba", "transformer")]
     log = io.StringIO()
+    t_submit = time.time()
     r = run_specs(good + [BAD], runs, scheduler=cluster.scheduler_address, presets=[TINY], retries=1, log=log,
                   progress=False)
+    t_back = time.time()
     assert r.counts() == {"finished": 4, "skipped": 0, "failed": 1, "stopped": 0} and not r.ok
     assert {o.spec for o in r.finished} == set(good)
     assert len({o.worker for o in r.finished}) == 2  # both workers trained
@@ -56,6 +58,7 @@ def test_grid_finishes_reports_a_failing_run_and_reruns_skip(tmp_path, cluster):
         doc = json.loads((runs / o.run_dir / METRICS_FILE).read_text())
         assert doc["complete"] and doc["final"]["accuracy"] == o.accuracy and not o.resumed
         assert set(o.accuracy) == {"train", "test", "ood"} and o.seconds > 0
+        assert t_submit <= o.started and o.started + o.seconds <= t_back  # same-host clocks
     (bad,) = r.failed
     assert bad.spec == BAD and bad.error == "UserError: n_layers must be an int >= 1, got 0"
     assert bad.traceback.startswith("Traceback") and "trainer.py" in bad.traceback

@@ -104,6 +104,8 @@ class RunOutcome:
         resumed: the last attempt continued from a checkpoint (an earlier call's, or a killed
             worker's).
         worker: name of the worker that trained it (finished runs).
+        started: the worker's ``time.time()`` when the last attempt began (finished runs); with
+            ``seconds``, when the run held its slot (same-host clocks compare with the client's).
         error: ``"ExceptionType: message"`` (failed runs).
         traceback: the full traceback text, with the worker's frames (failed runs).
     """
@@ -115,6 +117,7 @@ class RunOutcome:
     seconds: Optional[float] = None
     resumed: bool = False
     worker: Optional[str] = None
+    started: Optional[float] = None
     error: Optional[str] = None
     traceback: Optional[str] = None
 
@@ -156,7 +159,7 @@ def train_run(spec: RunSpec, runs_dir: str, device: Optional[str] = None, thread
     """Train one run on this process (what each Dask task calls): registers ``presets`` in
     :data:`~achilles_interp.training.presets.PRESETS` (custom presets travel with the task),
     appends the run's Python-level output to ``<run_dir>/train.log`` and returns a small summary
-    (the accuracy, seconds, whether it resumed, and the worker's name)."""
+    (the accuracy, seconds, whether it resumed, the worker's name and when it started)."""
     for p in presets:
         PRESETS[p.name] = p
     out = spec.run_dir(runs_dir)
@@ -182,6 +185,7 @@ def train_run(spec: RunSpec, runs_dir: str, device: Optional[str] = None, thread
         "seconds": round(time.time() - t0, 3),
         "resumed": bool(doc.get("provenance", {}).get("resumed")),
         "worker": worker,
+        "started": t0,
     }
 
 
@@ -441,7 +445,7 @@ def _outcome(fut, spec: RunSpec, runs_dir: str) -> RunOutcome:
     if fut.status == "finished":
         r = fut.result()
         return RunOutcome(spec, d, "finished", accuracy=r["accuracy"], seconds=r["seconds"], resumed=r["resumed"],
-                          worker=r["worker"])
+                          worker=r["worker"], started=r["started"])
     try:
         exc = fut.exception()
         tb = fut.traceback()
