@@ -22,12 +22,8 @@ from ..errors import UserError
 from ..outputs import save_figure, write_json, write_text
 from ..tasks import Task
 from .presets import Preset
-from .trainer import METRICS_FILE, STATE_FILE, resolve_task, train
-
-
-def variant_label(model: str, mixer: Optional[str]) -> str:
-    """``"transformer"`` or ``"<variant>-<mixer>"`` for the Mamba variants."""
-    return model if model.startswith("transformer") or mixer is None else f"{model}-{mixer}"
+from .layout import METRICS_FILE, STATE_FILE, variant_label
+from .trainer import resolve_task, train
 
 
 def grid(models: Sequence[str], mixers: Sequence[str]) -> list[tuple[str, Optional[str]]]:

@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 from ..catalog import FORMAT_TASKS, MATCHING_TASKS
 from ..errors import UserError
-from .layout import METRICS_FILE, STATE_FILE
+from .layout import METRICS_FILE, STATE_FILE, variant_label
 
 MATCHING_VARIANTS = ("transformer", "mamba", "mamba-noconv", "mamba-bypass", "mamba-pe", "mamba-bypass-pe",
                      "mamba-ones")
@@ -67,8 +67,6 @@ class Cell:
     @property
     def label(self) -> str:
         """Directory name: ``mamba-mamba2``, ``mamba-ones-mamba2-L5-g1``, ``transformer-special-tokens``."""
-        from .compare import variant_label
-
         parts = [variant_label(self.model, self.mixer)]
         if self.n_layers is not None:
             parts.append(f"L{self.n_layers}")
