@@ -339,9 +339,12 @@ if triton is not None:
             dt = tl.where(mask_t, dt, 0.0)
             da = dt * a2
             blk = tl.sum(da, axis=0)
-            # decay from token s to the block end, sum_{k>s} da_k, as a reverse cumulative sum: accurate
-            # where the weight is large (a difference of forward cumsums loses ~eps * |cumsum| there)
-            to_end = tl.cumsum(da, axis=0, reverse=True) - da
+            # decay from token s to the block end, sum_{k>s} da_k, summed directly over a [BLOCK_T, BLOCK_T]
+            # mask: accurate where the weight is large (a difference of forward cumsums loses ~eps * |cumsum|
+            # there), and no reverse scan (tl.associative_scan(reverse=True) has an open wrong-result report,
+            # triton-lang/triton#4362; this is the only reverse scan in our kernels, and the SSD GPU tests the
+            # only failing ones)
+            to_end = tl.sum(tl.where(ar[None, :] > ar[:, None], da[None, :], 0.0), axis=1)
             w = tl.exp2(to_end) * dt                                          # [BLOCK_T], in [0, dt]
             xt = tl.load(x_base + t[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                          mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
