@@ -28,7 +28,7 @@ pytest_cuda() {
   return $rc
 }
 export -f pytest_cuda
-step pytest_cuda 540 bash -c pytest_cuda
+step pytest_cuda 540 env OUT="$OUT" bash -c pytest_cuda
 step forward_mamba2_issue17 150 python3 benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 \
   --lengths 4096 --json "$OUT/forward_mamba2_issue17.json"
 step states_mamba2 90 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
