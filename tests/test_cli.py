@@ -103,17 +103,13 @@ def test_top_level_analyses_and_probes_refuse_a_second_copy(pkg):
 def test_help_imports_neither_torch_nor_transformer_lens():
     """`achilles-interp --help` and every command's --help build their parsers without the heavy
     imports (a fresh interpreter, so nothing else has imported them)."""
-    import subprocess
-    import sys
+    from fresh_python import imported_after
 
-    code = ("import sys\nfrom achilles_interp.cli import build_parser\np = build_parser()\n"
+    code = ("from achilles_interp.cli import build_parser\np = build_parser()\n"
             "subs = p._subparsers._group_actions[0].choices\n"
             "assert set(subs) == {'info', 'train', 'compare', 'patch', 'reproduce'}\n"
-            "texts = [p.format_help()] + [sub.format_help() for sub in subs.values()]\n"
-            "print(sorted(m for m in ('torch', 'transformer_lens', 'matplotlib') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+            "texts = [p.format_help()] + [sub.format_help() for sub in subs.values()]")
+    assert imported_after(code, ("torch", "transformer_lens", "matplotlib")) == []
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):

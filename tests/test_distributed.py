@@ -149,18 +149,12 @@ def test_grid_client_does_not_import_the_model():
     """The client of a grid names and skips runs without importing torch or the model: importing the
     trainer (transformer-lens included) cost the first grid of a process ~10 s on the device before its
     first run started, which made 1 GPU look 3.06x slower than 2 instead of ~1.9x."""
-    import subprocess
-    import sys
+    from fresh_python import imported_after
 
     code = (
-        "import sys\n"
         "from achilles_interp.training.distributed import run_specs\n"
         "from achilles_interp.training.paper_grid import Cell, RunSpec\n"
         "d = RunSpec(Cell('inverse-matching', 'mamba', 'mamba2', 5, 1.0), 0, 'paper').run_dir('runs')\n"
         "assert str(d) == 'runs/inverse-matching/mamba-mamba2-L5-g1/seed0', d\n"
-        "heavy = ('torch', 'transformer_lens', 'achilles_interp.training.trainer')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]", out.stdout
+    assert imported_after(code, ("torch", "transformer_lens", "achilles_interp.training.trainer")) == []
