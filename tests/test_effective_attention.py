@@ -160,6 +160,11 @@ def test_bad_arguments(kw, match):
         effective_attention(delta, A, B[..., :4], C)
     with pytest.raises(ValueError, match="backend"):
         effective_attention(delta, A, B, C, backend="cuda")
+    with pytest.raises(TypeError, match="delta must be a torch.Tensor, got list"):
+        effective_attention(delta.tolist(), A, B, C)
+    with pytest.raises(ValueError, match="A has dtype complex64; allowed: float32, float64, bfloat16, float16 "
+                       r"\(real A only\)"):
+        effective_attention(delta, A.to(torch.complex64), B, C)
 
 
 
@@ -292,6 +297,8 @@ def test_ssd_bad_arguments(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         ssd_effective_attention(**args)
+    with pytest.raises(TypeError, match="dt must be a torch.Tensor, got list"):
+        ssd_effective_attention(dt.tolist(), A, B, C)
 
 
 def test_ssd_triton_kernel_in_interpreter():

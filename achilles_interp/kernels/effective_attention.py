@@ -30,7 +30,8 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .triton_scan import _check_same_device, _require_triton, _resolve_backend, _shape, triton, triton_available
+from .triton_scan import (_check_float, _check_same_device, _require_triton, _resolve_backend, _shape, triton,
+                          triton_available)
 
 if triton is not None:
     import triton.language as tl
@@ -47,11 +48,12 @@ _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Shared input handling
 # ---------------------------------------------------------------------------------------------
 def _check_dtypes(named, note: str = "") -> None:
+    """Each (name, tensor) a tensor of a dtype in _FLOATS (:func:`_check_float`'s message, plus ``note``)."""
     for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float64, bfloat16, float16{note}")
+        try:
+            _check_float(name, t, _FLOATS)
+        except ValueError as e:
+            raise ValueError(f"{e}{note}") from None
 
 
 def _check_reduce(reduce, out_dtype) -> None:
@@ -124,7 +126,8 @@ def _prepare(delta, A, B, C, delta_bias, delta_softplus, channels, reduce, out_d
 # Shared by both PyTorch implementations
 # ---------------------------------------------------------------------------------------------
 def _compute_dtype(*tensors) -> torch.dtype:
-    return torch.float64 if torch.float64 in tuple(t.dtype for t in tensors) else torch.float32
+    """float64 when any input is, else float32 (runs before validation: a non-tensor is left to it)."""
+    return torch.float64 if torch.float64 in tuple(getattr(t, "dtype", None) for t in tensors) else torch.float32
 
 
 def _torch_setup(dt, reduce, out_dtype, max_chunk_elems):
