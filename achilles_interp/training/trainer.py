@@ -99,8 +99,6 @@ def device_description(device: torch.device) -> str:
     )
 
 
-
-
 def resolve_task(task: Union[str, Task], n_layers: int, task_format: Optional[str] = None) -> Task:
     """A Task object; a name is built with ``get_task`` (matching tasks get ``n_layers`` fillers x 3;
     ``task_format``, None = the task's default ``"paper"``, picks the token format of the matching
