@@ -5,11 +5,11 @@
 end=$(( $(date +%s) + $1 ))
 while :; do
   python3 - <<'PY'
-import glob, json, time
+import glob, json, os, time
 rows, done = [], 0
 for f in sorted(glob.glob('/tmp/runs/*/*/seed*/metrics.json')):
     d = json.load(open(f)); h = d['history'][-1] if d['history'] else None
-    if d['complete'] and not glob.os.path.exists(f[:-12] + 'model.safetensors'):
+    if d['complete'] and not os.path.exists(f[:-12] + 'model.safetensors'):
         done += 1; continue  # finished in an earlier session: counted, not listed
     acc = ' '.join(f"{k}={v:.2f}" for k, v in (h or {}).get('accuracy', {}).items())
     rows.append(f"{'DONE' if d['complete'] else 'run '} ep{h['epoch'] if h else 0:>3} {f[10:-13]}: {acc}")

@@ -20,7 +20,8 @@ FILE_LIMIT, TOTAL_LIMIT, MAX_FILES = 15 * MiB, 60 * MiB, 8
 
 
 def chunks(paths, budget, files_left):
-    """Greedy split of paths (in order) into tars of <= FILE_LIMIT within budget; skips what does not fit."""
+    """Greedy split of paths (in order) into tars of <= FILE_LIMIT within budget and files_left files;
+    stops at the first path that does not fit (paths come most important first). Returns (groups, bytes)."""
     out, cur, size, used = [], [], 0, 0
     for p in paths:
         s = p.stat().st_size + 4096
