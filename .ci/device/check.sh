@@ -16,19 +16,21 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi -L
 # pytest -m cuda one module at a time, each in its own time box and output file (pytest prints tracebacks
 # only at the end of a session, so one slow module cut by a single box lost every failure's traceback);
-# -v names each outcome as it ends; pytest-timeout (in the device image) fails a test that hangs
+# -v names each outcome as it ends; pytest-timeout (in the device image) fails a test that hangs.
+# PYTEST_MODULES / PYTEST_BOX (seconds per module) override the list and the box, e.g. to run the SSD
+# tests (whose first calls autotune mamba_ssm's kernels: minutes) before a timing step.
 pytest_cuda() {
-  local per_test=() rc=0 m
-  python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=150)
-  for m in test_ssd_states test_triton_scan test_training test_generation test_effective_attention test_cuda_backend; do
-    timeout 200 python3 -m pytest -v -m cuda -p no:cacheprovider -rfE --tb=short --durations=5 "${per_test[@]}" \
+  local per_test=() rc=0 m box=${PYTEST_BOX:-200}
+  python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=$(( box - 20 )))
+  for m in ${PYTEST_MODULES:-test_ssd_states test_triton_scan test_training test_generation test_effective_attention test_cuda_backend}; do
+    timeout "$box" python3 -m pytest -v -m cuda -p no:cacheprovider -rfE --tb=short --durations=5 "${per_test[@]}" \
       "tests/$m.py" > "$OUT/pytest_$m.txt" 2>&1 || rc=$?
     echo "-- $m: $(tail -1 "$OUT/pytest_$m.txt")"
   done
   return $rc
 }
 export -f pytest_cuda
-step pytest_cuda 540 env OUT="$OUT" bash -c pytest_cuda
+step pytest_cuda ${PYTEST_STEP_BOX:-540} env OUT="$OUT" PYTEST_MODULES="${PYTEST_MODULES:-}" PYTEST_BOX="${PYTEST_BOX:-}" bash -c pytest_cuda
 step forward_mamba2_issue17 150 python3 benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 \
   --lengths 4096 --json "$OUT/forward_mamba2_issue17.json"
 step states_mamba2 90 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
