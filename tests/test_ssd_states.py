@@ -290,7 +290,11 @@ def test_gpu_states_and_y_match_float64_loop_and_mamba_ssm(G, T, with_h0):
     assert errs["y~loop"] < 1e-5 and errs["states~loop"] < 1e-5 and errs["last~loop"] < 1e-5, msg
     assert errs["listed~all"] < 1e-6 and errs["y listed~y all"] < 1e-6, msg
     if mcsc is not None:
-        assert errs["y~mcsc"] < 1e-3 and errs["last~mcsc"] < 1e-3, msg
+        # Same function as mamba_ssm's kernel, to its precision: its dots run in TF32 (10-bit mantissa), and on
+        # an H200 its own y is 1.3e-3 and its final state 7.7e-4 off the float64 loop at these shapes, while ours
+        # is 1.2e-7 off. A convention mismatch (dt bias, softplus, D, the group of a head) is an O(1) error, far
+        # above the 5e-3 bound.
+        assert errs["y~mcsc"] < 5e-3 and errs["last~mcsc"] < 5e-3, msg
 
 
 @pytest.mark.cuda
