@@ -37,6 +37,7 @@ positions were given.
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from typing import Optional
 
@@ -130,18 +131,26 @@ class CudaOps(TorchOps):
         return super().selective_scan(u, dt, A, B, C, D, h0, positions, inject)
 
     def ssd_scan(self, x, dt, A, B, C, D, chunk_size, h0=None, positions=None, inject=None):
-        """``mamba_chunk_scan_combined`` without states; with states, the Triton state-emitting SSD
-        kernel (:mod:`achilles_interp.kernels.ssd_states`, differentiable by recomputation); the
-        reference for edits, for float64, or when that kernel does not import (with a warning)."""
+        """``mamba_chunk_scan_combined`` without states. With states (:mod:`achilles_interp.kernels.ssd_states`):
+        for a few positions at inference (fewer than 2 L / chunk_size), y from
+        ``mamba_chunk_scan_combined`` and the states from ``ssd_states_at`` (boundary states, then each
+        position's chunk up to it); otherwise the Triton state-emitting scan (differentiable by
+        recomputation). The reference for edits, for float64, or when the kernels do not import (warned)."""
+        h0_f = None if h0 is None else h0.float().contiguous()
         if inject is None and positions is None:
-            y, last = cuda_ops.ssd_scan_cuda(x, dt, A, B, C, D, None if h0 is None else h0.float().contiguous(),
-                                             chunk_size)
+            y, last = cuda_ops.ssd_scan_cuda(x, dt, A, B, C, D, h0_f, chunk_size)
             return y, None, last
-        kernel = _ssd_states_kernel() if inject is None and x.dtype in _KERNEL_DTYPES else None
-        if kernel is not None:
-            return kernel(x, dt, A, B, C, chunk_size, D=D, dt_softplus=False, initial_states=h0,
-                          state_positions=positions, backend="triton")
-        return super().ssd_scan(x, dt, A, B, C, D, chunk_size, h0, positions, inject)
+        kernels = _ssd_states_kernels() if inject is None and x.dtype in _KERNEL_DTYPES else None
+        if kernels is None:
+            return super().ssd_scan(x, dt, A, B, C, D, chunk_size, h0, positions, inject)
+        L = x.shape[1]
+        if positions.numel() * chunk_size < 2 * L and not needs_grad(x, dt, A, B, C, D, h0):
+            y, _ = cuda_ops.ssd_scan_cuda(x, dt, A, B, C, D, h0_f, chunk_size)
+            states, last = kernels.ssd_states_at(x, dt, A, B, chunk_size, positions, dt_softplus=False,
+                                                 initial_states=h0)
+            return y, states, last
+        return kernels.ssd_scan_states(x, dt, A, B, C, chunk_size, D=D, dt_softplus=False, initial_states=h0,
+                                       state_positions=positions, backend="triton")
 
     def conv_step(self, x, conv_state, weight, bias):
         """``causal_conv1d_update`` on a copy of the state (float64 on the reference)."""
@@ -191,15 +200,16 @@ class CudaOps(TorchOps):
 
 
 @functools.lru_cache(maxsize=None)
-def _ssd_states_kernel():
-    """The Triton SSD scan with states, or None (warned once) when it does not import."""
+def _ssd_states_kernels():
+    """The module of the Triton SSD scans with states, or None (warned once) when it does not import."""
     try:
-        from .kernels.ssd_states import ssd_scan_states
+        # by its full name: a package attribute left by an earlier import must not hide a failing import
+        ssd_states = importlib.import_module(f"{__package__}.kernels.ssd_states")
     except ImportError as e:
         warnings.warn("Mamba-2 SSM states on the CUDA backend fall back to the PyTorch reference: the "
                       f"Triton kernel achilles_interp.kernels.ssd_states did not import ({e})", stacklevel=3)
         return None
-    return ssd_scan_states
+    return ssd_states
 
 
 TORCH_OPS = TorchOps()

@@ -259,7 +259,7 @@ def _mamba_chunk_scan_combined():
 
 def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_len, bench):
     """One table row for Mamba-2 at sequence length L."""
-    from achilles_interp.kernels.ssd_states import ssd_scan_states
+    from achilles_interp.kernels.ssd_states import ssd_scan_states, ssd_states_at
 
     mcsc = _mamba_chunk_scan_combined()
     x, dt, A, B, C, D, bias = ssd_make_inputs(batch, L, nheads, headdim, 1, d_state)
@@ -279,6 +279,10 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
         t_y = bench(lambda: ours(x, dt, B, C, None))
         t_all = bench(lambda: ours(x, dt, B, C, "all"))
         t_list = bench(lambda: ours(x, dt, B, C, pos))
+        # the CUDA backend's way to a few states: mcsc's y, then the states alone (ops.CudaOps.ssd_scan)
+        t_at = bench(lambda: ssd_states_at(x, dt, A, B, chunk, pos, bias, True))
+        t_list_mcsc = bench(lambda: (ref(), ssd_states_at(x, dt, A, B, chunk, pos, bias, True))) \
+            if mcsc is not None else nan
         t_all_bf16 = bench(lambda: ours(*hb, "all"))
         y_all, st_all, _ = ours(x, dt, B, C, "all")
         y_err = nan
@@ -293,7 +297,8 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
         t_loop = median_ms(lambda: ssd_per_timestep_loop(*loop_args)) * (L / loop_L)
     torch.cuda.empty_cache()
     return dict(L=L, t_mamba_chunk_scan_combined_ms=t_ref, t_y_only_ms=t_y, t_all_states_ms=t_all,
-                t_listed_states_ms=t_list, n_listed=len(pos), t_all_states_bf16_ms=t_all_bf16, t_loop_ms=t_loop,
+                t_listed_states_ms=t_list, n_listed=len(pos), t_states_at_ms=t_at, t_mcsc_plus_states_at_ms=t_list_mcsc,
+                t_all_states_bf16_ms=t_all_bf16, t_loop_ms=t_loop,
                 loop_len=loop_L, state_gb=state_bytes / 1e9, state_write_gbs=state_bytes / (t_all * 1e-3) / 1e9,
                 y_rel_err_vs_mamba_chunk_scan_combined=y_err, states_rel_err_vs_loop=st_err)
 
@@ -339,14 +344,20 @@ def main_mamba2(args, do_bench) -> int:
     title = (f"\n# ssd_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner} ({nheads} heads x {headdim}), "
              f"d_state {d_state}, 1 group, chunk {chunk}, fp32 inputs unless noted, dt_softplus, D; "
              "medians of do_bench")
-    header = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", f"{N_LISTED} pos ms", "all bf16 ms")
+    header = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", f"{N_LISTED} pos ms",
+              f"{N_LISTED} pos, states only ms", f"mcsc + {N_LISTED} pos states ms (/mcsc)", "all bf16 ms")
 
     def cells(r):
-        return [str(r["L"]), f"{r['t_mamba_chunk_scan_combined_ms']:.3f}", f"{r['t_y_only_ms']:.3f}",
-                f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / r['t_mamba_chunk_scan_combined_ms']:.2f}x",
-                f"{r['t_listed_states_ms']:.3f}", f"{r['t_all_states_bf16_ms']:.3f}"]
+        mcsc_ms = r["t_mamba_chunk_scan_combined_ms"]
+        return [str(r["L"]), f"{mcsc_ms:.3f}", f"{r['t_y_only_ms']:.3f}",
+                f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / mcsc_ms:.2f}x",
+                f"{r['t_listed_states_ms']:.3f}", f"{r['t_states_at_ms']:.3f}",
+                f"{r['t_mcsc_plus_states_at_ms']:.3f} ({r['t_mcsc_plus_states_at_ms'] / mcsc_ms:.2f}x)",
+                f"{r['t_all_states_bf16_ms']:.3f}"]
     print_report(title, bw, header, rows, cells, "y_rel_err_vs_mamba_chunk_scan_combined")
-    print("mcsc = mamba_ssm's mamba_chunk_scan_combined (y only, no states; nan where it does not import)")
+    print("mcsc = mamba_ssm's mamba_chunk_scan_combined (y only, no states; nan where it does not import); "
+          f"'{N_LISTED} pos': ssd_scan_states with y; 'states only': ssd_states_at; 'mcsc + states': the CUDA "
+          "backend's path for a few positions")
     for r in rows:
         floor = r["state_gb"] / bw * 1e3                          # ms to write the states at copy bandwidth
         print(f"L {r['L']}: writing the {r['state_gb']:.2f} GB of fp32 states at the copy bandwidth takes "

@@ -189,4 +189,9 @@ def test_cuda_states_in_the_order_asked(mixer):
         _, c_fast = fast.run_with_cache(tokens, ssm_state_positions=[149, 3, -70])
         _, c_all = fast.run_with_cache(tokens, ssm_state_positions="all")
     assert rel_err(c_fast[name], c_ref[name]) <= 1e-3
-    assert rel_err(c_fast[name], c_all[name][:, [149, 3, 80]]) <= 1e-5
+    # a few positions and all of them take different kernels for Mamba-2 (y from mamba_chunk_scan_combined,
+    # TF32, and from our fp32 scan), so layer 1's inputs differ at TF32's precision; layer 0's states see the
+    # same inputs and agree to fp32 rounding
+    first = "blocks.0.mixer.hook_ssm_state"
+    assert rel_err(c_fast[first], c_all[first][:, [149, 3, 80]]) <= 1e-5
+    assert rel_err(c_fast[name], c_all[name][:, [149, 3, 80]]) <= 1e-3

@@ -130,11 +130,21 @@ def test_torch_ops_match_the_reference_functions():
 
 
 def test_cuda_ops_state_scans_in_triton_interpreter():
-    """The CUDA ops' scan-with-states entries (Mamba-1: the Triton selective scan; Mamba-2: the Triton
-    SSD kernel) against the reference, with positions in any order and a start state."""
+    """The CUDA ops' scan-with-states entries (Mamba-1: the Triton selective scan; Mamba-2: y from
+    mamba_chunk_scan_combined with the states of a few positions from ``ssd_states_at``, or the Triton
+    SSD scan for many) against the reference, with positions in any order and a start state. mamba_ssm
+    does not run here: its y is stood in for by the reference's chunked scan, so what is tested is the
+    composition and the states."""
     out = run_in_interpreter("""
         import torch
+        from achilles_interp.kernels import cuda_ops
         from achilles_interp.ops import CUDA_OPS, TORCH_OPS
+        from achilles_interp.reference_ops import ssd_chunked_ref
+        calls = []
+        def mcsc_stand_in(x, dt, A, B, C, D, h0, chunk_size):
+            calls.append(chunk_size)
+            return ssd_chunked_ref(x, dt, A, B, C, D, h0=h0, chunk=chunk_size)
+        cuda_ops.ssd_scan_cuda = mcsc_stand_in
         torch.manual_seed(0)
         b, L, d, n = 2, 10, 5, 4
         u, dt = torch.randn(b, L, d), torch.rand(b, L, d) * 0.5
@@ -153,6 +163,7 @@ def test_cuda_ops_state_scans_in_triton_interpreter():
             ref = TORCH_OPS.ssd_scan(x, dt2, A2, B2, C2, D2, 4, h02, positions)
             for g_, r_ in zip(got, ref):
                 torch.testing.assert_close(g_, r_, rtol=1e-4, atol=1e-4)
+        assert calls == [4], calls   # 3 positions: mcsc's y + ssd_states_at; all 10: the state-emitting scan
         print("OK")
     """)
     assert "OK" in out
@@ -160,7 +171,7 @@ def test_cuda_ops_state_scans_in_triton_interpreter():
 
 def test_missing_ssd_states_kernel_falls_back_with_one_warning(monkeypatch):
     import sys
-    ops._ssd_states_kernel.cache_clear()
+    ops._ssd_states_kernels.cache_clear()
     monkeypatch.setitem(sys.modules, "achilles_interp.kernels.ssd_states", None)   # import fails
     called = []
     monkeypatch.setattr(TorchOps, "ssd_scan", lambda self, *a, **k: called.append(1) or (None, None, None))
@@ -172,5 +183,5 @@ def test_missing_ssd_states_kernel_falls_back_with_one_warning(monkeypatch):
             warnings.simplefilter("error")
             ops.CUDA_OPS.ssd_scan(x, x[..., 0], torch.zeros(2), x, x, None, 4, positions=torch.arange(3))
     finally:
-        ops._ssd_states_kernel.cache_clear()
+        ops._ssd_states_kernels.cache_clear()
     assert called == [1, 1]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from achilles_interp.kernels.ssd_states import TritonUnavailable, ssd_scan_states, ssd_scan_states_torch
+from achilles_interp.kernels.ssd_states import TritonUnavailable, ssd_scan_states, ssd_scan_states_torch, ssd_states_at
 from achilles_interp.kernels.triton_scan import _interpreting
 from triton_interpreter import run_in_interpreter
 
@@ -245,6 +245,43 @@ def test_triton_kernels_in_interpreter():
     assert "OK" in out
 
 
+def test_states_at_positions_in_interpreter():
+    """ssd_states_at (boundary states + one program per position, no y) against the float64 loop: positions
+    at chunk starts and ends, inside the last partial chunk, repeated, negative, in any order; an initial
+    state; 1 and 2 groups; a chunk longer than one dot sub-block; bf16 inputs; bad positions."""
+    out = run_in_interpreter("""
+        import torch
+        from tests.test_ssd_states import make_inputs, naive_ssd, rel_err
+        from achilles_interp.kernels.ssd_states import ssd_states_at
+        for (b, L, H, P, G, N, T, with_h0) in [(2, 37, 4, 3, 2, 5, 8, True), (1, 45, 2, 20, 1, 17, 16, False),
+                                               (1, 150, 2, 3, 2, 4, 100, True)]:
+            x, dt, A, B, C, D, bias, h0 = make_inputs(b, L, H, P, G, N, dtype=torch.float32, seed=L)
+            h0 = h0 if with_h0 else None
+            _, sr, lr = naive_ssd(x, dt, A, B, C, D, bias, True, h0)
+            pos = [L - 1, 0, T - 1, T, 2, 2, -3, L - 2]
+            st, last = ssd_states_at(x, dt, A, B, T, pos, bias, True, h0)
+            assert st.shape == (b, len(pos), H, P, N) and st.dtype == torch.float32
+            assert rel_err(st, sr[:, [p % L for p in pos]]) < 2e-6, (L, T, rel_err(st, sr[:, [p % L for p in pos]]))
+            assert rel_err(last, lr) < 2e-6
+            st_all, _ = ssd_states_at(x, dt, A, B, T, "all", bias, True, h0)
+            assert rel_err(st_all, sr) < 2e-6
+        x, dt, A, B, C, D, bias, h0 = make_inputs(2, 40, 4, 3, 2, 5, dtype=torch.float32, seed=3)
+        hb = [v.bfloat16() for v in (x, dt, B)]
+        st, _ = ssd_states_at(hb[0], hb[1], A, hb[2], 16, torch.tensor([39, 5]), bias, True, h0.bfloat16())
+        _, sr, _ = naive_ssd(hb[0], hb[1], A, hb[2], C.bfloat16(), D, bias, True, h0.bfloat16())
+        assert rel_err(st, sr[:, [39, 5]]) < 1e-5
+        for bad, match in [([40], "state_positions must lie in"), (None, "needs positions"), ([], "empty")]:
+            try:
+                ssd_states_at(x, dt, A, B, 16, bad, bias)
+            except ValueError as e:
+                assert match in str(e), (bad, str(e))
+            else:
+                raise AssertionError(f"no error for {bad!r}")
+        print("OK")
+    """)
+    assert "OK" in out
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU
 # ---------------------------------------------------------------------------------------------
@@ -269,11 +306,13 @@ def test_gpu_states_and_y_match_float64_loop_and_mamba_ssm(G, T, with_h0):
         y, st, last = ssd_scan_states(x, dt, A, B, C, T, D, bias, True, h0, "all")
         pos = [300, 0, 63, 64, 300, 332, -1]
         y2, st2, last2 = ssd_scan_states(x, dt, A, B, C, T, D, bias, True, h0, torch.tensor(pos, device="cuda"))
+        st3, last3 = ssd_states_at(x, dt, A, B, T, pos, bias, True, h0)
     assert st.shape == (b, L, H, P, N) and st.dtype == torch.float32 and y.is_cuda
     # every error is measured before any is asserted, so a failure names all of them (the device run's
     # output is the only place to read them)
     errs = {"y~loop": rel_err(y, yr), "states~loop": rel_err(st, sr), "last~loop": rel_err(last, lr),
-            "listed~all": rel_err(st2, st[:, [p % L for p in pos]]), "y listed~y all": rel_err(y2, y)}
+            "listed~all": rel_err(st2, st[:, [p % L for p in pos]]), "y listed~y all": rel_err(y2, y),
+            "states_at~loop": rel_err(st3, sr[:, [p % L for p in pos]]), "states_at last~loop": rel_err(last3, lr)}
     mcsc = _mamba_chunk_scan_combined()
     if mcsc is not None:
         with torch.no_grad():
@@ -289,6 +328,7 @@ def test_gpu_states_and_y_match_float64_loop_and_mamba_ssm(G, T, with_h0):
     msg = ", ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f"; first state off the loop: t={first_off} (chunk {T})"
     assert errs["y~loop"] < 1e-5 and errs["states~loop"] < 1e-5 and errs["last~loop"] < 1e-5, msg
     assert errs["listed~all"] < 1e-6 and errs["y listed~y all"] < 1e-6, msg
+    assert errs["states_at~loop"] < 1e-5 and errs["states_at last~loop"] < 1e-5, msg
     if mcsc is not None:
         # Same function as mamba_ssm's kernel, to its precision: its dots run in TF32 (10-bit mantissa), and on
         # an H200 its own y is 1.3e-3 and its final state 7.7e-4 off the float64 loop at these shapes, while ours

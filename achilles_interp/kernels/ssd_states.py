@@ -25,6 +25,9 @@ the input dtype. Each program of step 3 holds a ``[BLOCK_P, d_state]`` tile in r
 d_state, so y needs no cross-program reduction) and writes a requested state as one contiguous run of
 ``BLOCK_P * d_state`` values of ``states[b, k, h]``.
 
+:func:`ssd_states_at` skips step 3 for a caller that has y already: from the boundary states, one program
+per requested position runs that position's chunk up to it (states only, no y).
+
 :func:`ssd_scan_states_torch` is the same function in PyTorch, vectorised over chunks (no loop over
 tokens): the reference (CPU, and float64 when the inputs are float64) and the backward of the Triton path.
 
@@ -61,7 +64,7 @@ if triton is not None:
 
     from .triton_scan import _as_fp32, _load_step, _next_step, _softplus
 
-__all__ = ["ssd_scan_states", "ssd_scan_states_torch", "TritonUnavailable"]
+__all__ = ["ssd_scan_states", "ssd_states_at", "ssd_scan_states_torch", "TritonUnavailable"]
 
 StatePositions = Union[None, str, Sequence[int], torch.Tensor]
 
@@ -286,13 +289,12 @@ if triton is not None:
         return tl.minimum(tl.maximum(dt, dt_min), dt_max)
 
     @triton.jit
-    def _chunk_program(A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+    def _chunk_program(c, A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
                        HAS_DT_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-        """What a (chunk, batch * head, headdim block) program of the chunk kernels works on: chunk c, batch
+        """What a (chunk or position, batch * head, headdim block) program works on, for chunk c: batch
         row b, head h, its group g, the chunk's first token t0 and length, a2 = A[h] log2(e), h's dt bias
         (0 without one), and the headdim / d_state offsets and masks of its tile."""
         LOG2E: tl.constexpr = 1.4426950408889634
-        c = tl.program_id(0)
         bh = tl.program_id(1)
         pid_p = tl.program_id(2)
         b = (bh // nheads).to(tl.int64)
@@ -306,7 +308,41 @@ if triton is not None:
             bias = tl.load(dt_bias_ptr + h).to(tl.float32)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_n = tl.arange(0, BLOCK_N)
-        return c, b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, offs_p < headdim, offs_n < d_state
+        return b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, offs_p < headdim, offs_n < d_state
+
+    @triton.jit
+    def _state_from_zero(x_base, dt_base, B_base, t0, length, a2, bias, dt_min, dt_max,
+                         s_x_l, s_x_p, s_dt_l, s_B_l, s_B_n, offs_p, offs_n, mask_p, mask_n,
+                         HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+                         BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+        """The state reached from zero over tokens t0 .. t0+length-1, S[p, n] = sum_s exp(sum_{s<k} dt_k A)
+        dt_s x_s[p] B_s[n] ([BLOCK_P, BLOCK_N] fp32), and the tokens' summed decay sum_k dt_k A log2(e)."""
+        ar = tl.arange(0, BLOCK_T)
+        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        total = tl.zeros([], dtype=tl.float32)
+        # Sub-blocks of BLOCK_T tokens: S <- exp(block decay) S + sum_s exp(decay s -> block end) dt_s x_s B_s^T
+        for k0 in range(0, length, BLOCK_T):
+            offs_t = k0 + ar
+            mask_t = offs_t < length
+            t = (t0 + offs_t).to(tl.int64)
+            dt = tl.load(dt_base + t * s_dt_l, mask=mask_t, other=0.0).to(tl.float32)
+            dt = _dt_processed(dt, bias, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS)
+            dt = tl.where(mask_t, dt, 0.0)
+            da = dt * a2
+            blk = tl.sum(da, axis=0)
+            # decay from token s to the block end, sum_{k>s} da_k, summed directly over a [BLOCK_T, BLOCK_T]
+            # mask: accurate where the weight is large (a difference of forward cumsums loses ~eps * |cumsum|
+            # there), and no reverse scan (tl.associative_scan(reverse=True) has an open wrong-result report,
+            # triton-lang/triton#4362)
+            to_end = tl.sum(tl.where(ar[None, :] > ar[:, None], da[None, :], 0.0), axis=1)
+            w = tl.exp2(to_end) * dt                                          # [BLOCK_T], in [0, dt]
+            xt = tl.load(x_base + t[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                         mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            Bt = tl.load(B_base + t[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+                         mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            S = S * tl.exp2(blk) + tl.dot(tl.trans(xt * w[:, None]), Bt, input_precision="ieee")
+            total += blk
+        return S, total
 
     @triton.jit
     def _ssd_chunk_state_kernel(
@@ -320,38 +356,14 @@ if triton is not None:
     ):
         # S: [batch, n_chunks, nheads, headdim, d_state] fp32 contiguous: the chunk's state from zero.
         # dAsum: [batch, nheads, n_chunks] fp32: sum over the chunk of dt * A * log2(e).
-        c, b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
-            A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+        c = tl.program_id(0)
+        b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
+            c, A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
             HAS_DT_BIAS, BLOCK_P, BLOCK_N)
-        ar = tl.arange(0, BLOCK_T)
-        x_base = x_ptr + b * s_x_b + h * s_x_h
-        dt_base = dt_ptr + b * s_dt_b + h * s_dt_h
-        B_base = B_ptr + b * s_B_b + g * s_B_g
-        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-        total = tl.zeros([], dtype=tl.float32)
-        # Sub-blocks of BLOCK_T tokens: S <- exp(block decay) S + sum_s exp(decay s -> block end) dt_s x_s B_s^T
-        for k0 in range(0, chunk_len, BLOCK_T):
-            offs_t = k0 + ar
-            mask_t = offs_t < chunk_len
-            t = (t0 + offs_t).to(tl.int64)
-            dt = tl.load(dt_base + t * s_dt_l, mask=mask_t, other=0.0).to(tl.float32)
-            dt = _dt_processed(dt, bias, dt_min, dt_max, HAS_DT_BIAS, DT_SOFTPLUS)
-            dt = tl.where(mask_t, dt, 0.0)
-            da = dt * a2
-            blk = tl.sum(da, axis=0)
-            # decay from token s to the block end, sum_{k>s} da_k, summed directly over a [BLOCK_T, BLOCK_T]
-            # mask: accurate where the weight is large (a difference of forward cumsums loses ~eps * |cumsum|
-            # there), and no reverse scan (tl.associative_scan(reverse=True) has an open wrong-result report,
-            # triton-lang/triton#4362; this is the only reverse scan in our kernels, and the SSD GPU tests the
-            # only failing ones)
-            to_end = tl.sum(tl.where(ar[None, :] > ar[:, None], da[None, :], 0.0), axis=1)
-            w = tl.exp2(to_end) * dt                                          # [BLOCK_T], in [0, dt]
-            xt = tl.load(x_base + t[:, None] * s_x_l + offs_p[None, :] * s_x_p,
-                         mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
-            Bt = tl.load(B_base + t[:, None] * s_B_l + offs_n[None, :] * s_B_n,
-                         mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            S = S * tl.exp2(blk) + tl.dot(tl.trans(xt * w[:, None]), Bt, input_precision="ieee")
-            total += blk
+        S, total = _state_from_zero(
+            x_ptr + b * s_x_b + h * s_x_h, dt_ptr + b * s_dt_b + h * s_dt_h, B_ptr + b * s_B_b + g * s_B_g,
+            t0, chunk_len, a2, bias, dt_min, dt_max, s_x_l, s_x_p, s_dt_l, s_B_l, s_B_n,
+            offs_p, offs_n, mask_p, mask_n, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_T, BLOCK_P, BLOCK_N)
         S_ptrs = (S_ptr + ((b * n_chunks + c) * nheads + h) * headdim * d_state
                   + offs_p[:, None] * d_state + offs_n[None, :])
         tl.store(S_ptrs, S, mask=mask_p[:, None] & mask_n[None, :])
@@ -382,6 +394,36 @@ if triton is not None:
         tl.store(final_ptr + (b * nheads + h) * PN + offs, state, mask=mask)
 
     @triton.jit
+    def _ssd_position_state_kernel(
+        x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, Hin_ptr, pos_ptr, st_ptr,
+        L, nheads, headdim, d_state, chunk_size, heads_per_group, n_chunks, dt_min, dt_max,
+        s_x_b, s_x_l, s_x_h, s_x_p,
+        s_dt_b, s_dt_l, s_dt_h,
+        s_B_b, s_B_l, s_B_g, s_B_n,
+        s_st_b, s_st_k, s_st_h,
+        HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        # Program (k, batch * head, headdim block): h_t at t = pos[k], from the state entering t's chunk c
+        # (Hin, as the chunk scan reads it) and the chunk's tokens t0..t:
+        # h_t = exp(sum_{t0<=k<=t} dt_k A) Hin[c] + (tokens t0..t from zero).
+        k = tl.program_id(0).to(tl.int64)
+        t = tl.load(pos_ptr + k)
+        c = t // chunk_size
+        b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
+            c, A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+            HAS_DT_BIAS, BLOCK_P, BLOCK_N)
+        S, total = _state_from_zero(
+            x_ptr + b * s_x_b + h * s_x_h, dt_ptr + b * s_dt_b + h * s_dt_h, B_ptr + b * s_B_b + g * s_B_g,
+            t0, t - t0 + 1, a2, bias, dt_min, dt_max, s_x_l, s_x_p, s_dt_l, s_B_l, s_B_n,
+            offs_p, offs_n, mask_p, mask_n, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_T, BLOCK_P, BLOCK_N)
+        tile = offs_p[:, None] * d_state + offs_n[None, :]
+        mask_pn = mask_p[:, None] & mask_n[None, :]
+        h_in = tl.load(Hin_ptr + ((b * n_chunks + c) * nheads + h) * headdim * d_state + tile, mask=mask_pn,
+                       other=0.0)
+        tl.store(st_ptr + b * s_st_b + k * s_st_k + h * s_st_h + tile, S + tl.exp2(total) * h_in, mask=mask_pn)
+
+    @triton.jit
     def _ssd_chunk_scan_states_kernel(
         x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, Hin_ptr, pos_ptr, cstart_ptr, slot_ptr,
         y_ptr, st_ptr,
@@ -400,8 +442,9 @@ if triton is not None:
         # states: [batch, P, nheads, headdim, d_state], (p, n) contiguous.
         # List mode: pos = requested positions sorted and unique then a -1 sentinel, slot = their output
         # index k, cstart[c] = index in pos of the first position >= c * chunk_size.
-        c, b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
-            A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
+        c = tl.program_id(0)
+        b, h, g, t0, chunk_len, a2, bias, pid_p, offs_p, offs_n, mask_p, mask_n = _chunk_program(
+            c, A_ptr, dt_bias_ptr, L, nheads, headdim, d_state, chunk_size, heads_per_group,
             HAS_DT_BIAS, BLOCK_P, BLOCK_N)
         mask_pn = mask_p[:, None] & mask_n[None, :]
         tile = offs_p[:, None] * d_state + offs_n[None, :]
@@ -468,15 +511,13 @@ def _default_config(headdim: int, d_state: int) -> tuple[int, int]:
     return block_p, num_warps
 
 
-def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_states, state_positions,
-                     dt_limit, block_p: Optional[int] = None, num_warps: Optional[int] = None):
-    """Validate, allocate and launch the three kernels. Returns (y, states or None, final state)."""
-    batch, L, H, P, G, N = _check_inputs(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_limit)
+def _prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_limit, caller="ssd_scan_states"):
+    """Validate, and bring the inputs to the layouts and dtypes the kernels read. Returns the dims
+    ``(batch, L, H, P, G, N)``, the tensors ``(x, dt, A, B, C, D, dt_bias, h0)`` and ``(dt_min, dt_max)``."""
+    dims = _check_inputs(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_limit)
     for name, t in (("x", x), ("dt", dt), ("B", B), ("C", C)):
         _check_float(name, t, _KERNEL_DTYPES)
-    device = x.device
-    _require_triton(device, "ssd_scan_states")
-    mode, pos, n_pos = _resolve_positions(state_positions, L)
+    _require_triton(x.device, caller)
     A = A.float().contiguous()
     dt_bias = None if dt_bias is None else dt_bias.float().contiguous()
     if D is not None:
@@ -486,33 +527,56 @@ def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initia
     x = x if x.stride(-1) == 1 else x.contiguous()
     B = B if B.stride(-1) == 1 else B.contiguous()
     C = C if C.stride(-1) == 1 else C.contiguous()
-    T = int(chunk_size)
-    n_chunks = -(-L // T)
-    dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
+    return dims, (x, dt, A, B, C, D, dt_bias, h0), (float(dt_limit[0]), float(dt_limit[1]))
 
-    S = torch.empty(batch, n_chunks, H, P, N, device=device, dtype=torch.float32)
-    dAsum = torch.empty(batch, H, n_chunks, device=device, dtype=torch.float32)
-    final = torch.empty(batch, H, P, N, device=device, dtype=torch.float32)
-    y = torch.empty(batch, L, H, P, device=device, dtype=x.dtype)
+
+def _state_block(P: int, N: int, T: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_P, BLOCK_N) of the from-zero state kernels (tl.dot needs every dimension >= 16);
+    accumulator [BLOCK_P, BLOCK_N] <= 4096 fp32."""
     block_n = max(16, _next_pow2(N))
+    block_p = max(16, min(64, _next_pow2(P), 4096 // block_n))
+    return max(16, min(64 if block_n <= 64 else 32, _next_pow2(T))), block_p, block_n
 
-    # 1. chunk states (tl.dot needs every dimension >= 16); accumulator [bp1, block_n] <= 4096 fp32
-    bp1 = max(16, min(64, _next_pow2(P), 4096 // block_n))
-    bt1 = max(16, min(64 if block_n <= 64 else 32, _next_pow2(T)))
-    _ssd_chunk_state_kernel[(n_chunks, batch * H, triton.cdiv(P, bp1))](
+
+def _boundary_states(dims, tensors, T: int, dt_softplus: bool, dt_limits):
+    """Steps 1-2: the state entering each chunk ``[batch, n_chunks, H, P, N]`` fp32 and the final state
+    ``[batch, H, P, N]`` fp32."""
+    batch, L, H, P, G, N = dims
+    x, dt, A, B, _, _, dt_bias, h0 = tensors
+    n_chunks = -(-L // T)
+    S = torch.empty(batch, n_chunks, H, P, N, device=x.device, dtype=torch.float32)
+    dAsum = torch.empty(batch, H, n_chunks, device=x.device, dtype=torch.float32)
+    final = torch.empty(batch, H, P, N, device=x.device, dtype=torch.float32)
+    bt, bp, bn = _state_block(P, N, T)
+    _ssd_chunk_state_kernel[(n_chunks, batch * H, triton.cdiv(P, bp))](
         x, dt, A, B, dt_bias if dt_bias is not None else A, S, dAsum,
-        L, H, P, N, T, H // G, n_chunks, dt_min, dt_max,
+        L, H, P, N, T, H // G, n_chunks, *dt_limits,
         *x.stride(), *dt.stride(), *B.stride(),
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        BLOCK_T=bt1, BLOCK_P=bp1, BLOCK_N=block_n, num_warps=4,
+        BLOCK_T=bt, BLOCK_P=bp, BLOCK_N=bn, num_warps=4,
     )
-    # 2. state passing: S becomes the state entering each chunk
+    # S becomes the state entering each chunk
     PN = P * N
-    block2 = min(1024, _next_pow2(PN))
-    _ssd_state_passing_kernel[(batch * H, triton.cdiv(PN, block2))](
+    block = min(1024, _next_pow2(PN))
+    _ssd_state_passing_kernel[(batch * H, triton.cdiv(PN, block))](
         S, dAsum, h0 if h0 is not None else final, final, H, n_chunks, PN,
-        HAS_H0=h0 is not None, BLOCK=block2, num_warps=4,
+        HAS_H0=h0 is not None, BLOCK=block, num_warps=4,
     )
+    return S, final
+
+
+def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_states, state_positions,
+                     dt_limit, block_p: Optional[int] = None, num_warps: Optional[int] = None):
+    """Validate, allocate and launch the three kernels. Returns (y, states or None, final state)."""
+    dims, tensors, dt_limits = _prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_limit)
+    batch, L, H, P, G, N = dims
+    x, dt, A, B, C, D, dt_bias, _ = tensors
+    device = x.device
+    mode, pos, n_pos = _resolve_positions(state_positions, L)
+    T = int(chunk_size)
+    n_chunks = -(-L // T)
+    S, final = _boundary_states(dims, tensors, T, dt_softplus, dt_limits)
+    y = torch.empty(batch, L, H, P, device=device, dtype=x.dtype)
     # 3. chunk scan with states
     states = None
     pos_arr = cstart = slot = final  # dummies, never read unless list mode
@@ -540,7 +604,7 @@ def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initia
     _ssd_chunk_scan_states_kernel[(n_chunks, batch * H, triton.cdiv(P, block_p))](
         x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, S,
         pos_arr, cstart, slot, y, st,
-        L, H, P, N, T, H // G, n_chunks, dt_min, dt_max,
+        L, H, P, N, T, H // G, n_chunks, *dt_limits,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *D_strides, *y.stride(), *st_strides,
         HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
         STATE_MODE=mode, BLOCK_P=block_p, BLOCK_N=_next_pow2(N), num_warps=num_warps,
@@ -548,6 +612,58 @@ def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initia
     if mode == _MODE_LIST and duplicates:
         states = states.index_select(1, inv.to(device))
     return y, states, final
+
+
+def ssd_states_at(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    chunk_size: int,
+    state_positions: StatePositions,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = True,
+    initial_states: Optional[torch.Tensor] = None,
+    dt_limit: tuple[float, float] = (0.0, _INF),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSM states at a few positions and the final state, without y (Triton; inference only).
+
+    For a caller that has y already (``mamba_chunk_scan_combined``'s, as the CUDA backend does): the
+    chunk-boundary states (steps 1-2 of the module docstring), then one program per requested position
+    that runs its chunk from the boundary state up to the position, O(chunk_size) tokens each, so the
+    cost is one pass over x, dt, B plus ~chunk_size / 2 tokens per position; no token loop over the whole
+    sequence. Exact in fp32 like :func:`ssd_scan_states` (states do not depend on C or D).
+
+    Args: as :func:`ssd_scan_states` (``state_positions``: a list / 1-D integer tensor / int, any order,
+        repeats allowed, negatives from the end; ``"all"`` also works but :func:`ssd_scan_states` is the
+        faster way to every state).
+    Returns:
+        ``(states [batch, P, nheads, headdim, d_state], final_state [batch, nheads, headdim, d_state])``,
+        both float32.
+    Raises:
+        ValueError: as :func:`ssd_scan_states`; TritonUnavailable: not a CUDA tensor (or no interpreter).
+    """
+    dims, tensors, dt_limits = _prepare(x, dt, A, B, B, chunk_size, None, dt_bias, initial_states, dt_limit,
+                                         "ssd_states_at")
+    batch, L, H, P, G, N = dims
+    x, dt, A, B, _, _, dt_bias, _ = tensors
+    mode, pos, n_pos = _resolve_positions(state_positions, L)
+    if mode == _MODE_NONE:
+        raise ValueError("ssd_states_at needs positions (a list, a 1-D integer tensor, an int or 'all'), got None")
+    if mode == _MODE_ALL:
+        pos = torch.arange(L)
+    T = int(chunk_size)
+    S, final = _boundary_states(dims, tensors, T, dt_softplus, dt_limits)
+    states = torch.empty(batch, pos.numel(), H, P, N, device=x.device, dtype=torch.float32)
+    bt, bp, bn = _state_block(P, N, T)
+    _ssd_position_state_kernel[(pos.numel(), batch * H, triton.cdiv(P, bp))](
+        x, dt, A, B, dt_bias if dt_bias is not None else A, S, pos.to(device=x.device, dtype=torch.int32), states,
+        L, H, P, N, T, H // G, S.shape[1], *dt_limits,
+        *x.stride(), *dt.stride(), *B.stride(), *states.stride()[:3],
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        BLOCK_T=bt, BLOCK_P=bp, BLOCK_N=bn, num_warps=4,
+    )
+    return states, final
 
 
 class _SSDScanStates(torch.autograd.Function):
