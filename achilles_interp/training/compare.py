@@ -147,7 +147,7 @@ def plot_accuracy(summary: dict, splits: Sequence[str], target, title: str, chan
     ax.set_xlabel("model variant")
     ax.set_ylabel("accuracy (mean ± std over seeds)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the bars, never over them
     fig.tight_layout()
     save_figure(fig, target, dpi=120)
     plt.close(fig)

@@ -318,6 +318,18 @@ def summary_json(results: dict, verdicts: Sequence[Verdict]) -> dict:
                         "seeds": v.per_seed[1]} for v in verdicts]}
 
 
+def plotted_bars(r: CellResult) -> dict:
+    """The bars of a cell in its task's plot, name -> stats: each split's accuracy; for the composite tasks
+    the same columns as their table (the held-out pair answered compositionally and symmetrically, '34',
+    the trained pairs at the test positions, train), since their test accuracy alone hides the symmetric
+    answer."""
+    if not r.cell.task.startswith("composite"):
+        return {s: r.stats(s) for s in r.splits}
+    return {"'43' compositional": r.stats("test", "match_compositional_answer"),
+            "'43' symmetric": r.stats("test", "match_symmetric_answer"),
+            "'34'": r.stats("test_34"), "trained pairs": r.stats("test_seen"), "train": r.stats("train")}
+
+
 def write_report(out: Path, results: dict, claims: Sequence[Claim], command: str, assets_dir: Optional[Path] = None,
                  **render_kw) -> str:
     """Render ``results`` to ``out`` (markdown); with ``assets_dir``, also ``results.json`` and one
@@ -327,11 +339,10 @@ def write_report(out: Path, results: dict, claims: Sequence[Claim], command: str
         assets_dir = Path(assets_dir)
         write_json(assets_dir / "results.json", summary_json(results, check_claims(results, claims)))
         for task in dict.fromkeys(c.task for c in results):
-            rows = {c.label: {"accuracy": {s: r.stats(s) for s in r.splits}} for c, r in results.items()
-                    if c.task == task and r.runs}
-            splits = next((r.splits for c, r in results.items() if c.task == task and r.splits), [])
+            rows = {c.label: {"accuracy": plotted_bars(r)} for c, r in results.items() if c.task == task and r.runs}
             if rows:
-                plot_accuracy(rows, splits, assets_dir / f"{task}.png", f"{task} (finished seeds)",
+                bars = list(next(iter(rows.values()))["accuracy"])
+                plot_accuracy(rows, bars, assets_dir / f"{task}.png", f"{task} (finished seeds)",
                               0.2 if task.endswith("matching") else None)
     write_text(out, text)
     return text
