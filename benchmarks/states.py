@@ -259,6 +259,7 @@ def _mamba_chunk_scan_combined():
 
 def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_len, bench):
     """One table row for Mamba-2 at sequence length L."""
+    from achilles_interp.kernels import ssd_states
     from achilles_interp.kernels.ssd_states import ssd_scan_states, ssd_states_at
 
     mcsc = _mamba_chunk_scan_combined()
@@ -278,6 +279,8 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
         t_ref = bench(ref) if mcsc is not None else nan
         t_y = bench(lambda: ours(x, dt, B, C, None))
         t_all = bench(lambda: ours(x, dt, B, C, "all"))
+        t_all_evict = bench(lambda: ssd_states._ssd_triton_impl(x, dt, A, B, C, chunk, D, bias, True, None, "all",
+                                                                (0.0, float("inf")), evict_first=True))
         t_list = bench(lambda: ours(x, dt, B, C, pos))
         # the CUDA backend's way to a few states: mcsc's y, then the states alone (ops.CudaOps.ssd_scan)
         t_at = bench(lambda: ssd_states_at(x, dt, A, B, chunk, pos, bias, True))
@@ -297,6 +300,7 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
         t_loop = median_ms(lambda: ssd_per_timestep_loop(*loop_args)) * (L / loop_L)
     torch.cuda.empty_cache()
     return dict(L=L, t_mamba_chunk_scan_combined_ms=t_ref, t_y_only_ms=t_y, t_all_states_ms=t_all,
+                t_all_states_evict_first_ms=t_all_evict,
                 t_listed_states_ms=t_list, n_listed=len(pos), t_states_at_ms=t_at, t_mcsc_plus_states_at_ms=t_list_mcsc,
                 t_all_states_bf16_ms=t_all_bf16, t_loop_ms=t_loop,
                 loop_len=loop_L, state_gb=state_bytes / 1e9, state_write_gbs=state_bytes / (t_all * 1e-3) / 1e9,
@@ -344,13 +348,15 @@ def main_mamba2(args, do_bench) -> int:
     title = (f"\n# ssd_scan_states (Triton) on {dev}: batch {batch}, d_inner {d_inner} ({nheads} heads x {headdim}), "
              f"d_state {d_state}, 1 group, chunk {chunk}, fp32 inputs unless noted, dt_softplus, D; "
              "medians of do_bench")
-    header = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", f"{N_LISTED} pos ms",
+    header = ("L", "mcsc ms", "y-only ms", "all ms", "all/mcsc", "all, evict-first stores ms (/mcsc)",
+              f"{N_LISTED} pos ms",
               f"{N_LISTED} pos, states only ms", f"mcsc + {N_LISTED} pos states ms (/mcsc)", "all bf16 ms")
 
     def cells(r):
         mcsc_ms = r["t_mamba_chunk_scan_combined_ms"]
         return [str(r["L"]), f"{mcsc_ms:.3f}", f"{r['t_y_only_ms']:.3f}",
                 f"{r['t_all_states_ms']:.3f}", f"{r['t_all_states_ms'] / mcsc_ms:.2f}x",
+                f"{r['t_all_states_evict_first_ms']:.3f} ({r['t_all_states_evict_first_ms'] / mcsc_ms:.2f}x)",
                 f"{r['t_listed_states_ms']:.3f}", f"{r['t_states_at_ms']:.3f}",
                 f"{r['t_mcsc_plus_states_at_ms']:.3f} ({r['t_mcsc_plus_states_at_ms'] / mcsc_ms:.2f}x)",
                 f"{r['t_all_states_bf16_ms']:.3f}"]

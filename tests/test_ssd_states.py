@@ -177,7 +177,7 @@ def test_triton_kernels_in_interpreter():
     out = run_in_interpreter("""
         import torch
         from tests.test_ssd_states import make_inputs, naive_ssd, rel_err
-        from achilles_interp.kernels.ssd_states import ssd_scan_states, ssd_scan_states_torch
+        from achilles_interp.kernels.ssd_states import _ssd_triton_impl, ssd_scan_states, ssd_scan_states_torch
         tol = 2e-6
         # random shapes: L not a multiple of the chunk; 1 and 2 groups; with and without h0;
         # positions "all" and a list in arbitrary order with a repeat; a chunk > 64 (two dot sub-blocks)
@@ -196,6 +196,10 @@ def test_triton_kernels_in_interpreter():
             assert rel_err(st3, sr[:, [L - 2, 1]]) < tol
             y4, st4, last4 = ssd_scan_states(x, dt, A, B, C, T, D, bias, True, h0)
             assert st4 is None and rel_err(y4, yr) < tol and rel_err(last4, lr) < tol
+            # the benchmark's knob: evict-first stores of the states change nothing but a cache hint
+            y5, st5, _ = _ssd_triton_impl(x, dt, A, B, C, T, D, bias, True, h0, "all", (0.0, float("inf")),
+                                          evict_first=True)
+            assert rel_err(y5, yr) < tol and rel_err(st5, sr) < tol
 
         # the model's layout: x, B, C, dt as strided views of one in_proj output; D [nheads, headdim]; clamp
         b, L, H, P, G, N = 2, 30, 4, 3, 2, 5
