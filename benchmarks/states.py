@@ -284,8 +284,10 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
         t_list = bench(lambda: ours(x, dt, B, C, pos))
         # the CUDA backend's way to a few states: mcsc's y, then the states alone (ops.CudaOps.ssd_scan)
         t_at = bench(lambda: ssd_states_at(x, dt, A, B, chunk, pos, bias, True))
-        t_list_mcsc = bench(lambda: (ref(), ssd_states_at(x, dt, A, B, chunk, pos, bias, True))) \
-            if mcsc is not None else nan
+        # as ops.CudaOps.ssd_scan calls it (kernels/cuda_ops.ssd_scan_cuda asks for the final state too)
+        t_list_mcsc = bench(lambda: (mcsc(x, dt, A, B, C, chunk, D=D, z=None, dt_bias=bias, dt_softplus=True,
+                                          return_final_states=True),
+                                     ssd_states_at(x, dt, A, B, chunk, pos, bias, True))) if mcsc is not None else nan
         t_all_bf16 = bench(lambda: ours(*hb, "all"))
         y_all, st_all, _ = ours(x, dt, B, C, "all")
         y_err = nan
