@@ -9,7 +9,7 @@ import pytest
 from achilles_interp.cli import main
 from achilles_interp.training.claims import Cond, Claim, Measure, check, paper_claims
 from achilles_interp.training.paper_grid import Cell, RunSpec, grid_specs, paper_cells
-from achilles_interp.training.reproduction import CellResult, RunResult, check_claims, collect, plotted_bars
+from achilles_interp.training.reproduction import CellResult, RunResult, check_claims, collect, cell_columns
 
 TINY = ["--preset", "quick", "--seeds", "0", "--mixers", "mamba2", "--epochs", "1", "--n-train", "32",
         "--n-eval", "16", "--d-model", "16", "--device", "cpu"]
@@ -65,13 +65,13 @@ def test_composite_plot_shows_both_answers_to_the_held_out_pair():
     cell = Cell("composite", "mamba-pe", "mamba2", 2, 0.5)
     extra = {"test": {"match_compositional_answer": 0.03, "match_symmetric_answer": 0.95}}
     final = {"accuracy": {"train": 1.0, "test": 0.03, "test_34": 1.0, "test_seen": 0.99}, "loss": {}, "extra": extra}
-    bars = plotted_bars(CellResult(cell, [RunResult(1, True, 200, [], final, {})]))
+    bars = cell_columns(CellResult(cell, [RunResult(1, True, 200, [], final, {})]))
     assert {k: v["mean"] for k, v in bars.items()} == {
         "'43' compositional": 0.03, "'43' symmetric": 0.95, "'34'": 1.0, "trained pairs": 0.99, "train": 1.0}
     matching = _cell_result(Cell("inverse-matching", "mamba", "mamba2"), {0: 0.2})
     matching.runs[0].final["accuracy"]["ood"] = 0.19
     matching.runs[0].history.append({"epoch": 200, "accuracy": matching.runs[0].final["accuracy"]})
-    assert {k: v["mean"] for k, v in plotted_bars(matching).items()} == {"train": 1.0, "test": 0.2, "ood": 0.19}
+    assert {k: v["mean"] for k, v in cell_columns(matching).items()} == {"train": 1.0, "test": 0.2, "ood": 0.19}
 
 
 def test_every_paper_claim_names_cells_of_the_grid():

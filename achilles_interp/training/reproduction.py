@@ -171,6 +171,18 @@ def matching_table(results: dict, task: str) -> list[str]:
     return lines
 
 
+def cell_columns(r: CellResult) -> dict:
+    """A cell's numbers, name -> stats, as its task's plot draws them: each split's accuracy; for the
+    composite tasks the columns of their table (the held-out pair answered compositionally and
+    symmetrically, '34', the trained pairs at the test positions, train), since their test accuracy
+    alone hides the symmetric answer."""
+    if not r.cell.task.startswith("composite"):
+        return {s: r.stats(s) for s in r.splits}
+    return {"'43' compositional": r.stats("test", "match_compositional_answer"),
+            "'43' symmetric": r.stats("test", "match_symmetric_answer"),
+            "'34'": r.stats("test_34"), "trained pairs": r.stats("test_seen"), "train": r.stats("train")}
+
+
 def composite_table(results: dict, task: str) -> list[str]:
     rows = [r for c, r in results.items() if c.task == task]
     lines = ["| cell | seeds | '43': compositional | '43': symmetric | '34' at test positions | "
@@ -180,10 +192,8 @@ def composite_table(results: dict, task: str) -> list[str]:
         per = ", ".join(
             f"{run.seed}: {run.value('test', 'match_compositional_answer'):.2f} / "
             f"{run.value('test', 'match_symmetric_answer'):.2f}" for run in sorted(r.runs, key=lambda x: x.seed))
-        lines.append(
-            f"| {r.cell.label} | {len(r.runs)} | {fmt(r.stats('test', 'match_compositional_answer'))} | "
-            f"{fmt(r.stats('test', 'match_symmetric_answer'))} | {fmt(r.stats('test_34'))} | "
-            f"{fmt(r.stats('test_seen'))} | {fmt(r.stats('train'))} | {per or '-'} |")
+        lines.append(f"| {r.cell.label} | {len(r.runs)} | " + " | ".join(fmt(st) for st in cell_columns(r).values())
+                     + f" | {per or '-'} |")
     return lines
 
 
@@ -318,18 +328,6 @@ def summary_json(results: dict, verdicts: Sequence[Verdict]) -> dict:
                         "seeds": v.per_seed[1]} for v in verdicts]}
 
 
-def plotted_bars(r: CellResult) -> dict:
-    """The bars of a cell in its task's plot, name -> stats: each split's accuracy; for the composite tasks
-    the same columns as their table (the held-out pair answered compositionally and symmetrically, '34',
-    the trained pairs at the test positions, train), since their test accuracy alone hides the symmetric
-    answer."""
-    if not r.cell.task.startswith("composite"):
-        return {s: r.stats(s) for s in r.splits}
-    return {"'43' compositional": r.stats("test", "match_compositional_answer"),
-            "'43' symmetric": r.stats("test", "match_symmetric_answer"),
-            "'34'": r.stats("test_34"), "trained pairs": r.stats("test_seen"), "train": r.stats("train")}
-
-
 def write_report(out: Path, results: dict, claims: Sequence[Claim], command: str, assets_dir: Optional[Path] = None,
                  **render_kw) -> str:
     """Render ``results`` to ``out`` (markdown); with ``assets_dir``, also ``results.json`` and one
@@ -339,7 +337,7 @@ def write_report(out: Path, results: dict, claims: Sequence[Claim], command: str
         assets_dir = Path(assets_dir)
         write_json(assets_dir / "results.json", summary_json(results, check_claims(results, claims)))
         for task in dict.fromkeys(c.task for c in results):
-            rows = {c.label: {"accuracy": plotted_bars(r)} for c, r in results.items() if c.task == task and r.runs}
+            rows = {c.label: {"accuracy": cell_columns(r)} for c, r in results.items() if c.task == task and r.runs}
             if rows:
                 bars = list(next(iter(rows.values()))["accuracy"])
                 plot_accuracy(rows, bars, assets_dir / f"{task}.png", f"{task} (finished seeds)",
