@@ -582,8 +582,8 @@ def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initia
     device = x.device
     mode, pos, n_pos = _resolve_positions(state_positions, L)
     T = int(chunk_size)
-    n_chunks = -(-L // T)
     S, final = _boundary_states(dims, tensors, T, dt_softplus, dt_limits)
+    n_chunks = S.shape[1]
     y = torch.empty(batch, L, H, P, device=device, dtype=x.dtype)
     # 3. chunk scan with states
     states = None
