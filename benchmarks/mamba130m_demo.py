@@ -15,9 +15,9 @@ import sys
 import torch
 
 try:  # run as a script: this folder is on sys.path
-    from _timing import gpu_missing, parser, print_table, timed, write_json
+    from _timing import gpu_missing, parser, print_table, spaced_positions, timed, write_json
 except ImportError:  # imported as benchmarks.mamba130m_demo
-    from benchmarks._timing import gpu_missing, parser, print_table, timed, write_json
+    from benchmarks._timing import gpu_missing, parser, print_table, spaced_positions, timed, write_json
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     cfg = MambaConfig(d_model=768, n_layers=24, vocab_size=50277, pad_vocab_size_multiple=8)
     model = HookedMamba(cfg).cuda().eval()
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len), device="cuda")
-    positions = torch.linspace(0, args.seq_len - 1, args.positions).round().long().tolist()
+    positions = spaced_positions(args.seq_len, args.positions)
 
     with torch.no_grad():
         t_fwd, m_fwd = timed(lambda: model(tokens))

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 
 try:  # run as a script: this folder is on sys.path
-    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, spaced_positions, write_json
 except ImportError:  # imported as benchmarks.states
-    from benchmarks._timing import add_quick_json, gpu_missing, median_ms, parser, print_table, write_json
+    from benchmarks._timing import (add_quick_json, gpu_missing, median_ms, parser, print_table, spaced_positions,
+                                    write_json)
 
 N_LISTED = 16   # positions of the "listed states" timing
 
@@ -113,7 +114,7 @@ def bench_length(L, batch, d_inner, d_state, n_listed, loop_len, bench):
 
     u, delta, A, B, C, D, bias = make_inputs(batch, d_inner, d_state, L)
     state_bytes = batch * L * d_inner * d_state * 4
-    pos = torch.linspace(0, L - 1, n_listed).long().unique().tolist()
+    pos = spaced_positions(L, n_listed)
     tm = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (u, delta, B, C)]   # model layout
     hb = [x.bfloat16() for x in (u, delta, B, C)]
 
@@ -265,7 +266,7 @@ def ssd_bench_length(L, batch, nheads, headdim, d_state, chunk, n_listed, loop_l
     mcsc = _mamba_chunk_scan_combined()
     x, dt, A, B, C, D, bias = ssd_make_inputs(batch, L, nheads, headdim, 1, d_state)
     state_bytes = batch * L * nheads * headdim * d_state * 4
-    pos = torch.linspace(0, L - 1, n_listed).long().unique().tolist()
+    pos = spaced_positions(L, n_listed)
     hb = [t.bfloat16() for t in (x, dt, B, C)]
 
     def ours(x_, dt_, B_, C_, positions):

@@ -655,7 +655,7 @@ def ssd_states_at(
                                          "ssd_states_at")
     batch, L, H, P, G, N = dims
     x, dt, A, B, _, _, dt_bias, _ = tensors
-    mode, pos, n_pos = _resolve_positions(state_positions, L)
+    mode, pos, _ = _resolve_positions(state_positions, L)
     if mode == _MODE_NONE:
         raise ValueError("ssd_states_at needs positions (a list, a 1-D integer tensor, an int or 'all'), got None")
     if mode == _MODE_ALL:
