@@ -436,7 +436,7 @@ if triton is not None:
         s_y_b, s_y_l, s_y_h, s_y_p,
         s_st_b, s_st_k, s_st_h,
         HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-        STATE_MODE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, EVICT_FIRST: tl.constexpr,
+        STATE_MODE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         # Hin: [batch, n_chunks, nheads, headdim, d_state] fp32, the state entering each chunk.
         # states: [batch, P, nheads, headdim, d_state], (p, n) contiguous.
@@ -491,12 +491,7 @@ if triton is not None:
             tl.store(y_row + y_off, y_t, mask=mask_p)
             y_row += s_y_l
             if STATE_MODE == 1:
-                if EVICT_FIRST:
-                    # the states stream through L2 once; marked evict-first, they leave the B / C rows that
-                    # every head of the group re-reads in place (an option until measured: --mixer mamba2)
-                    tl.store(st_row + tile, state, mask=mask_pn, eviction_policy="evict_first")
-                else:
-                    tl.store(st_row + tile, state, mask=mask_pn)
+                tl.store(st_row + tile, state, mask=mask_pn)
                 st_row += s_st_k
             if STATE_MODE == 2:
                 if t0 + k == next_pos:
@@ -571,11 +566,9 @@ def _boundary_states(dims, tensors, T: int, dt_softplus: bool, dt_limits):
 
 
 def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_states, state_positions,
-                     dt_limit, block_p: Optional[int] = None, num_warps: Optional[int] = None,
-                     evict_first: bool = False):
+                     dt_limit, block_p: Optional[int] = None, num_warps: Optional[int] = None):
     """Validate, allocate and launch the three kernels. Returns (y, states or None, final state).
-    ``block_p``, ``num_warps``, ``evict_first`` (the all-states stores' L2 hint): tuning knobs of the
-    chunk scan, for benchmarks/states.py."""
+    ``block_p``, ``num_warps``: tuning knobs of the chunk scan, for benchmarks/states.py --sweep."""
     dims, tensors, dt_limits = _prepare(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_limit)
     batch, L, H, P, G, N = dims
     x, dt, A, B, C, D, dt_bias, _ = tensors
@@ -615,7 +608,7 @@ def _ssd_triton_impl(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initia
         L, H, P, N, T, H // G, n_chunks, *dt_limits,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *D_strides, *y.stride(), *st_strides,
         HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        STATE_MODE=mode, BLOCK_P=block_p, BLOCK_N=_next_pow2(N), EVICT_FIRST=bool(evict_first), num_warps=num_warps,
+        STATE_MODE=mode, BLOCK_P=block_p, BLOCK_N=_next_pow2(N), num_warps=num_warps,
     )
     if mode == _MODE_LIST and duplicates:
         states = states.index_select(1, inv.to(device))
