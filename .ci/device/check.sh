@@ -20,20 +20,33 @@ nvidia-smi -L
 # PYTEST_MODULES / PYTEST_BOX (seconds per module) override the list and the box, e.g. to run the SSD
 # tests (whose first calls autotune mamba_ssm's kernels: minutes) before a timing step.
 pytest_cuda() {
-  local per_test=() rc=0 m box=${PYTEST_BOX:-200}
+  # the modules are dealt round-robin to the GPUs (PYTEST_GPUS, e.g. "0 1"; default: every GPU), one lane
+  # per GPU, each lane's modules in turn: no test needs two GPUs, and two lanes halve the wall time
+  local per_test=() rc=0 m i=0 box=${PYTEST_BOX:-200} gpus=(${PYTEST_GPUS:-$(seq 0 $(( $(nvidia-smi -L | wc -l) - 1 )))})
+  local modules=(${PYTEST_MODULES:-test_ssd_states test_triton_scan test_training test_generation test_effective_attention test_cuda_backend})
+  local lanes=() pids=()
   python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=$(( box - 20 )))
-  for m in ${PYTEST_MODULES:-test_ssd_states test_triton_scan test_training test_generation test_effective_attention test_cuda_backend}; do
-    timeout "$box" python3 -m pytest -v -m cuda -p no:cacheprovider -rfE --tb=short --durations=5 "${per_test[@]}" \
-      "tests/$m.py" > "$OUT/pytest_$m.txt" 2>&1 || rc=$?
-    echo "-- $m: $(tail -1 "$OUT/pytest_$m.txt")"
+  for m in "${modules[@]}"; do lanes[i % ${#gpus[@]}]+=" $m"; i=$(( i + 1 )); done
+  for i in "${!lanes[@]}"; do
+    (
+      fail=0
+      for m in ${lanes[i]}; do
+        CUDA_VISIBLE_DEVICES=${gpus[i]} timeout "$box" python3 -m pytest -v -m cuda -p no:cacheprovider -rfE \
+          --tb=short --durations=5 "${per_test[@]}" "tests/$m.py" > "$OUT/pytest_$m.txt" 2>&1 || fail=1
+      done
+      exit $fail
+    ) & pids+=($!)
   done
+  for i in "${!pids[@]}"; do wait "${pids[i]}" || rc=1; done
+  for m in "${modules[@]}"; do echo "-- $m: $(tail -1 "$OUT/pytest_$m.txt")"; done
   return $rc
 }
 export -f pytest_cuda
-step pytest_cuda ${PYTEST_STEP_BOX:-540} env OUT="$OUT" PYTEST_MODULES="${PYTEST_MODULES:-}" PYTEST_BOX="${PYTEST_BOX:-}" bash -c pytest_cuda
+step pytest_cuda ${PYTEST_STEP_BOX:-540} env OUT="$OUT" PYTEST_MODULES="${PYTEST_MODULES:-}" PYTEST_BOX="${PYTEST_BOX:-}" \
+  PYTEST_GPUS="${PYTEST_GPUS:-}" bash -c pytest_cuda
 step forward_mamba2_issue17 150 python3 benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 \
   --lengths 4096 --json "$OUT/forward_mamba2_issue17.json"
-step states_mamba2 90 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
+step states_mamba2 150 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
 step effective_attention_mamba2 60 python3 benchmarks/effective_attention.py --mixer mamba2 \
   --json "$OUT/effective_attention_mamba2.json"
 step pretrained_scale 150 python3 benchmarks/pretrained_scale.py --json "$OUT/pretrained_scale.json"
