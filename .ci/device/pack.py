@@ -1,7 +1,8 @@
 """Pack a grid's results under /tmp/runs into $OUT within what a device call may return (at most 8 files,
 16 MiB each, 64 MiB in all): metrics.tgz (every run's metrics.json, config.json, train.log), models_N.tar
 (the weights of finished runs not returned by an earlier call, <= 15 MiB each) and, with --states, states_N.tar
-(the train_state.pt of unfinished runs, most advanced first, in what room is left).
+(the train_state.pt of unfinished runs, those whose resume saves the most training time per byte
+first, in what room is left).
 
     python3 .ci/device/pack.py [--states] [--commit]
 
@@ -20,22 +21,25 @@ FILE_LIMIT, TOTAL_LIMIT, MAX_FILES = 15 * MiB, 60 * MiB, 8
 
 
 def chunks(paths, budget, files_left):
-    """Greedy split of paths (in order) into tars of <= FILE_LIMIT within budget and files_left files;
-    stops at the first path that does not fit (paths come most important first). Returns (groups, bytes)."""
-    out, cur, size, used = [], [], 0, 0
+    """Pack paths, most important first, into at most files_left tars of <= FILE_LIMIT each and <= budget
+    bytes in all; a path that does not fit is skipped and the next one tried (first fit). Returns (groups,
+    bytes)."""
+    groups, sizes, used = [], [], 0
     for p in paths:
         s = p.stat().st_size + 4096
-        if size + s > FILE_LIMIT and cur:
-            out.append(cur)
-            cur, size = [], 0
-        if used + s > budget or len(out) + 1 > files_left:
-            break
-        cur.append(p)
-        size += s
+        if used + s > budget or s > FILE_LIMIT:
+            continue
+        i = next((i for i, size in enumerate(sizes) if size + s <= FILE_LIMIT), None)
+        if i is None:
+            if len(groups) >= files_left:
+                continue
+            groups.append([])
+            sizes.append(0)
+            i = len(groups) - 1
+        groups[i].append(p)
+        sizes[i] += s
         used += s
-    if cur:
-        out.append(cur)
-    return out, used
+    return groups, used
 
 
 def write(prefix, groups):
@@ -64,16 +68,17 @@ def main(argv):
     if len(packed) < len(models):
         print(f"pack: {len(models) - len(packed)} finished model(s) left for a later call")
     if "--states" in argv:
-        def epoch(state):
+        def saved_per_byte(state):
+            # the training time a resume saves (what a run left out must redo), per byte carried back
             hist = json.loads((state.parent / "metrics.json").read_text())["history"]
-            return hist[-1]["epoch"] if hist else 0
+            return (hist[-1]["elapsed_s"] if hist else 0.0) / state.stat().st_size
         states = [p for p in RUNS.glob("**/train_state.pt") if not (p.parent / "model.safetensors").exists()]
-        states.sort(key=epoch, reverse=True)
+        states.sort(key=saved_per_byte, reverse=True)
         sgroups, _ = chunks(states, TOTAL_LIMIT - used, MAX_FILES - files)
         write("states", sgroups)
-        n = sum(map(len, sgroups))
-        left = ", ".join(str(p.parent.relative_to(RUNS)) for p in states[n:])
-        print(f"pack: states of {n} of {len(states)} unfinished run(s)" + (f": left out {left}" if left else ""))
+        kept = {p for g in sgroups for p in g}
+        left = ", ".join(str(p.parent.relative_to(RUNS)) for p in states if p not in kept)
+        print(f"pack: states of {len(kept)} of {len(states)} unfinished run(s)" + (f": left out {left}" if left else ""))
     if "--commit" in argv:
         with RETURNED.open("a") as f:
             f.writelines(p + "\n" for p in packed)
