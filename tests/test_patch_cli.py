@@ -157,19 +157,25 @@ def test_patch_studies_the_finished_runs_of_a_grid(checkpoints, tmp_path):
     runs = tmp_path / "runs"
     layout = {("inverse-matching", "mamba-mamba2", 0, "mamba", True), ("inverse-matching", "mamba-mamba2", 1, "mamba",
               False), ("forward-matching", "transformer", 0, "transformer", True),
-              ("inverse-matching", "mamba-pe-mamba2", 0, "mamba-pe", True)}
+              ("inverse-matching", "mamba-pe-mamba2", 0, "mamba-pe", True),
+              ("inverse-matching", "mamba-mamba1", 0, "mamba", True)}
     for task, label, seed, variant, complete in layout:
         d = runs / task / label / f"seed{seed}"
         d.mkdir(parents=True)
         for f in (checkpoints / variant).iterdir():
             (d / f.name).write_bytes(f.read_bytes())
+        mixer = None if variant == "transformer" else label.rsplit("-", 1)[1]   # as the trainer records it
         (d / "metrics.json").write_text(json.dumps(
-            {"complete": complete, "run": {"task": task, "model": variant, "seed": seed}}))
+            {"complete": complete, "run": {"task": task, "model": variant, "mixer": mixer, "seed": seed}}))
     found = grid_checkpoints(runs, ["inverse-matching", "forward-matching"])
     assert [str(p.relative_to(runs)) for p in found] == [
-        "inverse-matching/mamba-mamba2/seed0", "inverse-matching/mamba-pe-mamba2/seed0",
-        "forward-matching/transformer/seed0"]
-    assert len(grid_checkpoints(runs, ["inverse-matching"], models=["mamba"])) == 1
+        "inverse-matching/mamba-mamba1/seed0", "inverse-matching/mamba-mamba2/seed0",
+        "inverse-matching/mamba-pe-mamba2/seed0", "forward-matching/transformer/seed0"]
+    assert len(grid_checkpoints(runs, ["inverse-matching"], models=["mamba"])) == 2
+    # one mixer's Mamba runs, and the Transformer runs beside them
+    assert [str(p.relative_to(runs)) for p in grid_checkpoints(runs, ["inverse-matching", "forward-matching"],
+                                                                mixer="mamba1")] == [
+        "inverse-matching/mamba-mamba1/seed0", "forward-matching/transformer/seed0"]
     out = tmp_path / "attribution_assets"
     n_threads = torch.get_num_threads()
     try:

@@ -43,6 +43,9 @@ def register(sub, help_text: str) -> None:
                    help="with --runs-dir: the tasks whose runs are studied")
     p.add_argument("--models", nargs="+", default=None, help="with --runs-dir: the variants studied (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="with --runs-dir: the seeds (default: all)")
+    p.add_argument("--mixer", default="mamba2", choices=["mamba1", "mamba2"],
+                   help="with --runs-dir: whose Mamba runs are studied (the Transformer runs always are), and "
+                        "whose reproduction cells the verdict reads; a study pools no two mixers")
     from ..catalog import TASK_NAMES, TEXT_TASK_NAMES
 
     p.add_argument("--task", default="inverse-matching", metavar="TASK",
@@ -88,8 +91,9 @@ def run_task(path: Path):
     return None, None
 
 
-def grid_checkpoints(runs_dir: Path, tasks, models=None, seeds=None) -> list:
-    """The finished runs under a grid's ``runs_dir/<task>/<cell>/seed<k>/`` that kept their weights."""
+def grid_checkpoints(runs_dir: Path, tasks, models=None, seeds=None, mixer=None) -> list:
+    """The finished runs under a grid's ``runs_dir/<task>/<cell>/seed<k>/`` that kept their weights; with
+    ``mixer``, the Mamba runs of that mixer only (a Transformer run records none and is kept)."""
     out = []
     for task in tasks:
         for metrics in sorted((Path(runs_dir) / task).glob("*/seed*/metrics.json")):
@@ -100,6 +104,8 @@ def grid_checkpoints(runs_dir: Path, tasks, models=None, seeds=None) -> list:
             if models is not None and run["run"]["model"] not in models:
                 continue
             if seeds is not None and run["run"]["seed"] not in seeds:
+                continue
+            if mixer is not None and run["run"].get("mixer") not in (None, mixer):
                 continue
             out.append(d)
     return out
@@ -176,9 +182,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(True)
     checkpoints = list(args.checkpoint or [])
     if args.runs_dir:
-        found = grid_checkpoints(Path(args.runs_dir), args.tasks, args.models, args.seeds)
+        found = grid_checkpoints(Path(args.runs_dir), args.tasks, args.models, args.seeds, args.mixer)
         if not found:
-            raise CLIError(f"--runs-dir {args.runs_dir}: no finished run with its weights for tasks {args.tasks}")
+            raise CLIError(f"--runs-dir {args.runs_dir}: no finished run with its weights for tasks {args.tasks} "
+                           f"(mixer {args.mixer})")
         checkpoints += found
     models, task_names, sources = _load_models(checkpoints, args.task)
     tasks = {}
@@ -197,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                       state_cells=args.state_cells)
     say = None if args.no_progress else (lambda s: print(f"[{time.time() - t0:5.0f} s] {s}", flush=True))
     study = run_study(models, tasks, cfg, sources, progress=say)
-    explanation = explain(study, grid)
+    explanation = explain(study, grid, args.mixer)
     write_study(study, explanation, args.out, command_line(args, "patch"))
     if say is None:  # with progress, each model's result was printed as soon as it was known
         for name, m in study.models.items():
