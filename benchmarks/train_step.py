@@ -3,6 +3,7 @@
     python benchmarks/train_step.py [--steps 200] [--models mamba:mamba2 mamba:mamba1 ...]
     python benchmarks/train_step.py --models mamba:mamba2 --set chunk_size=32   # a preset override
     python benchmarks/train_step.py --models mamba:mamba2 --chunk-sizes 256 64 32   # a row per chunk
+    python benchmarks/train_step.py --graphed-only --profile --models mamba:mamba2 mamba:mamba1  # where time goes
 
 For each model, builds the ``paper`` preset's model and optimiser, trains ``--steps`` steps on
 inverse-matching batches of the preset's size (1024) with :class:`TrainStep` eagerly and then
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
         help="time each Mamba-2 model once per Mamba-2 kernel chunk length (tokens), a row each",
     )
     p.add_argument("--graphed-only", action="store_true", help="skip the eager timing")
+    p.add_argument("--profile", action="store_true",
+                   help="after the table, the GPU kernels that take the most time in 5 eager steps of each model "
+                        "(torch.profiler): where a slow model's step goes")
     args = p.parse_args(argv)
     overrides = dict(args.set)
     if gpu_missing("benchmarks/train_step.py"):
@@ -111,7 +115,34 @@ def main(argv=None) -> int:
                 continue
             te, le, _ = time_steps(name, mixer, False, args.steps, batches, ov)
             print(f"| {row} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
+    if args.profile:
+        for spec in args.models:
+            name, mixer = spec.split(":")
+            mixer = "mamba2" if mixer == "-" else mixer
+            print(f"\n# {name} ({mixer}): GPU time of 5 eager steps by kernel")
+            print(profile_steps(name, mixer, batches, overrides))
     return 0
+
+
+def profile_steps(name: str, mixer: str, batches, overrides: dict, steps: int = 5, rows: int = 10) -> str:
+    """torch.profiler's table of the CUDA kernels in ``steps`` eager training steps, most time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    preset = PRESETS["paper"]
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer,
+                        **{**preset.model_kwargs(name, mixer), **overrides}).to(dev)
+    opt = make_optimizer(param_groups(model, preset.weight_decay), preset.lr_max, preset.betas, preset.eps, dev)
+    step = TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=False)
+    for i in range(3):
+        step(batches[i])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="device_time_total", row_limit=rows, max_name_column_width=60)
 
 
 if __name__ == "__main__":

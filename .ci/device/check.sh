@@ -52,5 +52,5 @@ step effective_attention_mamba2 60 python3 benchmarks/effective_attention.py --m
   --json "$OUT/effective_attention_mamba2.json"
 step pretrained_scale 150 python3 benchmarks/pretrained_scale.py --json "$OUT/pretrained_scale.json"
 step grid_scaling 240 python3 benchmarks/grid_scaling.py --epochs 3 --json "$OUT/grid_scaling.json"
-step train_step 120 python3 benchmarks/train_step.py --steps 100 --models mamba:mamba2 mamba:mamba1 mamba-bypass:mamba1 \
+step train_step 150 python3 benchmarks/train_step.py --steps 100 --profile --models mamba:mamba2 mamba:mamba1 mamba-bypass:mamba1 \
   mamba-pe:mamba1 transformer:-
