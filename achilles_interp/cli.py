@@ -51,6 +51,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from .allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # about 2x faster patching on the CPU, for more resident memory (see allocator.py)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
