@@ -10,9 +10,9 @@ runs), and on 2 cores about half of ``achilles-interp patch``'s wall time went t
 
 The cost: memory freed by torch stays in this process and serves the next allocations; it is not
 given back to the system until the process ends, and the heap keeps some slack (the default patch
-study peaked at 5.8 GB resident instead of 3.7 GB). The CLI applies it unless glibc's own malloc
-variables are set (``MALLOC_TRIM_THRESHOLD_=131072``, glibc's default, keeps the system's behaviour);
-in a notebook, call :func:`reuse_freed_memory` once if the same trade suits you.
+study peaked at 6.5 GB resident instead of 3.7 GB). The CLI applies it unless
+``ACHILLES_INTERP_MALLOC=system`` is set, or glibc's own malloc variables are (the user has chosen
+them); in a notebook, call :func:`reuse_freed_memory` once if the same trade suits you.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ _INT_MAX = 2**31 - 1
 # glibc reads its malloc settings from these: where one is set, the user has chosen, and we leave it
 _GLIBC_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
                      "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
+OPT_OUT = "ACHILLES_INTERP_MALLOC"   # =system: keep glibc's defaults
 
 
 def reuse_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
@@ -35,12 +36,14 @@ def reuse_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
     the heap (not a fresh ``mmap`` each time) and the heap's free top is not trimmed back to the kernel.
 
     Returns True where it applied; False, changing nothing, where the C library is not glibc (macOS,
-    Windows, musl) or where the environment already sets glibc's malloc variables (``MALLOC_*_``,
-    ``GLIBC_TUNABLES``). Process-wide and not undone; call it once, early.
+    Windows, musl), where ``ACHILLES_INTERP_MALLOC=system`` is set, or where the environment already sets
+    glibc's malloc variables (``MALLOC_*_``, ``GLIBC_TUNABLES``; note that setting one of the threshold
+    variables also turns off glibc's adaptive threshold). Process-wide and not undone; call it once, early.
     """
     if not 0 < mmap_threshold <= _INT_MAX:
         raise ValueError(f"mmap_threshold must be in 1..{_INT_MAX} bytes (mallopt takes an int), got {mmap_threshold}")
-    if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in _GLIBC_MALLOC_ENV):
+    if (platform.libc_ver()[0] != "glibc" or os.environ.get(OPT_OUT) == "system"
+            or any(name in os.environ for name in _GLIBC_MALLOC_ENV)):
         return False
     mallopt = ctypes.CDLL("libc.so.6").mallopt       # glibc's soname on every Linux it runs on
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -55,14 +55,16 @@ def test_bad_threshold_is_refused():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
-def test_the_cli_applies_it_unless_glibc_is_configured(tmp_path):
+def test_the_cli_applies_it_unless_told_not_to():
     setup = ("import contextlib, io\nfrom achilles_interp.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['info', 'mamba2-inverse']) == 0\n")
     assert faults_per_cycle(setup) < 0.01 * PAGES
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}   # glibc's default, set by the user: left alone
-    assert faults_per_cycle(setup, env) > 0.5 * PAGES
+    assert faults_per_cycle(setup, {**os.environ, "ACHILLES_INTERP_MALLOC": "system"}) > 0.5 * PAGES
 
 
-def test_glibc_settings_in_the_environment_are_left_alone(monkeypatch):
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")
+@pytest.mark.parametrize("name, value", [("ACHILLES_INTERP_MALLOC", "system"),
+                                         ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072"),
+                                         ("MALLOC_ARENA_MAX", "2")])
+def test_an_environment_that_chose_is_left_alone(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     assert reuse_freed_memory() is False
