@@ -51,7 +51,8 @@ def graph_timer():
 
     def graph_bench(fn):
         try:
-            return do_bench_cudagraph(fn, rep=200, return_mode="median")
+            with torch.cuda.stream(torch.cuda.Stream()):   # older Triton refuses to capture on the default stream
+                return do_bench_cudagraph(fn, rep=200, return_mode="median")
         except Exception as e:  # a host sync or pageable copy inside fn makes capture fail
             print(f"(CUDA-graph timing failed: {type(e).__name__}: {e}; that column is nan)", file=sys.stderr)
             torch.cuda.synchronize()
