@@ -23,23 +23,27 @@ nvidia-smi -L
 pytest_cuda() {
   # the modules are dealt round-robin to the GPUs (PYTEST_GPUS, e.g. "0 1"; default: every GPU), one lane
   # per GPU, each lane's modules in turn: no test needs two GPUs, and two lanes halve the wall time
-  local per_test=() rc=0 m i=0 box=${PYTEST_BOX:-200} gpus=(${PYTEST_GPUS:-$(seq 0 $(( $(nvidia-smi -L | wc -l) - 1 )))})
+  local per_test=() rc=0 m i=0 box=${PYTEST_BOX:-200}
+  local gpus=(${PYTEST_GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader)})
   local modules=(${PYTEST_MODULES:-test_ssd_states test_triton_scan test_training test_generation test_effective_attention test_cuda_backend})
   local lanes=() pids=()
+  (( ${#gpus[@]} )) || { echo "pytest_cuda: no GPU listed by nvidia-smi"; return 1; }
   python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=$(( box - 20 )))
   for m in "${modules[@]}"; do lanes[i % ${#gpus[@]}]+=" $m"; i=$(( i + 1 )); done
   for i in "${!lanes[@]}"; do
     (
       fail=0
       for m in ${lanes[i]}; do
-        CUDA_VISIBLE_DEVICES=${gpus[i]} timeout "$box" python3 -m pytest -v -m cuda -p no:cacheprovider -rfE \
-          --tb=short --durations=5 "${per_test[@]}" "tests/$m.py" > "$OUT/pytest_$m.txt" 2>&1 || fail=1
+        # --foreground: stay in this process group, so that the step's own time box also stops pytest
+        CUDA_VISIBLE_DEVICES=${gpus[i]} timeout --foreground "$box" python3 -m pytest -v -m cuda \
+          -p no:cacheprovider -rfE --tb=short --durations=5 "${per_test[@]}" "tests/$m.py" \
+          > "$OUT/pytest_$m.txt" 2>&1 || fail=$?
+        echo "-- $m (GPU ${gpus[i]}): $(tail -1 "$OUT/pytest_$m.txt")"
       done
       exit $fail
     ) & pids+=($!)
   done
-  for i in "${!pids[@]}"; do wait "${pids[i]}" || rc=1; done
-  for m in "${modules[@]}"; do echo "-- $m: $(tail -1 "$OUT/pytest_$m.txt")"; done
+  for i in "${!pids[@]}"; do wait "${pids[i]}" || rc=$?; done
   return $rc
 }
 export -f pytest_cuda
@@ -52,5 +56,5 @@ step effective_attention_mamba2 60 python3 benchmarks/effective_attention.py --m
   --json "$OUT/effective_attention_mamba2.json"
 step pretrained_scale 150 python3 benchmarks/pretrained_scale.py --json "$OUT/pretrained_scale.json"
 step grid_scaling 240 python3 benchmarks/grid_scaling.py --epochs 3 --json "$OUT/grid_scaling.json"
-step train_step 150 python3 benchmarks/train_step.py --steps 100 --profile --models mamba:mamba2 mamba:mamba1 mamba-bypass:mamba1 \
+step train_step 150 python3 benchmarks/train_step.py --steps 100 --graphed-only --profile --models mamba:mamba2 mamba:mamba1 mamba-bypass:mamba1 \
   mamba-pe:mamba1 transformer:-
