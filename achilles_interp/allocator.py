@@ -11,7 +11,7 @@ runs), and on 2 cores about half of ``achilles-interp patch``'s wall time went t
 The cost: memory freed by torch stays in this process and serves the next allocations; it is not
 given back to the system until the process ends, and the heap keeps some slack (the default patch
 study peaked at 6.5 GB resident instead of 3.7 GB). The CLI applies it unless
-``ACHILLES_INTERP_MALLOC=system`` is set, or glibc's own malloc variables are (the user has chosen
+``ACHILLES_INTERP_MALLOC=system`` is set, or glibc's own malloc settings are (the user has chosen
 them); in a notebook, call :func:`reuse_freed_memory` once if the same trade suits you.
 """
 
@@ -21,30 +21,45 @@ import ctypes
 import os
 import platform
 
+from .errors import UserError
+
 # glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
-# glibc reads its malloc settings from these: where one is set, the user has chosen, and we leave it
-_GLIBC_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
-                     "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
-OPT_OUT = "ACHILLES_INTERP_MALLOC"   # =system: keep glibc's defaults
+# glibc's own malloc settings: where the user set one, they have chosen, and we leave malloc alone
+_GLIBC_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
+OPT_OUT = "ACHILLES_INTERP_MALLOC"
+_CHOICES = ("reuse", "system")   # reuse: this module's setting (the CLI's default); system: glibc's defaults
 
 
 def reuse_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
     """Make glibc's malloc keep freed blocks for reuse: blocks below ``mmap_threshold`` bytes come from
     the heap (not a fresh ``mmap`` each time) and the heap's free top is not trimmed back to the kernel.
 
-    Returns True where it applied; False, changing nothing, where the C library is not glibc (macOS,
-    Windows, musl), where ``ACHILLES_INTERP_MALLOC=system`` is set, or where the environment already sets
-    glibc's malloc variables (``MALLOC_*_``, ``GLIBC_TUNABLES``; note that setting one of the threshold
-    variables also turns off glibc's adaptive threshold). Process-wide and not undone; call it once, early.
+    Returns whether it applied. It does nothing (False) where the C library is not glibc (macOS,
+    Windows, musl), where ``ACHILLES_INTERP_MALLOC=system`` is set, or where the environment sets glibc's
+    own malloc settings (``MALLOC_*_`` or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``; note that setting a
+    threshold variable, even to its default value, turns glibc's adaptive threshold off). A glibc
+    that refuses a threshold this high (older ones cap it at 32 MiB) gets the same effect from
+    ``M_MMAP_MAX=0``: no block is mmapped. Process-wide and not undone; call it once, early.
     """
     if not 0 < mmap_threshold <= _INT_MAX:
         raise ValueError(f"mmap_threshold must be in 1..{_INT_MAX} bytes (mallopt takes an int), got {mmap_threshold}")
-    if (platform.libc_ver()[0] != "glibc" or os.environ.get(OPT_OUT) == "system"
-            or any(name in os.environ for name in _GLIBC_MALLOC_ENV)):
+    choice = os.environ.get(OPT_OUT, "reuse")
+    if choice not in _CHOICES:
+        raise UserError(f"{OPT_OUT}={choice!r}: allowed values are {', '.join(_CHOICES)} "
+                        "(system keeps glibc's malloc defaults)")
+    if (choice == "system" or platform.libc_ver()[0] != "glibc"
+            or any(name in os.environ for name in _GLIBC_MALLOC_ENV)
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return False
-    mallopt = ctypes.CDLL("libc.so.6").mallopt       # glibc's soname on every Linux it runs on
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt       # glibc's soname on every Linux it runs on
+    except (OSError, AttributeError):
+        return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+    if not mallopt(_M_TRIM_THRESHOLD, _INT_MAX):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold) or mallopt(_M_MMAP_MAX, 0))

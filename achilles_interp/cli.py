@@ -53,8 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from .allocator import reuse_freed_memory
 
-    reuse_freed_memory()   # about 2x faster patching on the CPU, for more resident memory (see allocator.py)
     try:
+        reuse_freed_memory()   # about 2x faster patching on the CPU, for more resident memory (allocator.py)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         # Ctrl-C: one line (train's says where it saved the state and how to resume), exit 130
