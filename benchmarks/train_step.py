@@ -42,16 +42,27 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
-def time_steps(
-    name: str, mixer: str, graph: bool, steps: int, batches, overrides: dict
-) -> tuple[float, float, str]:
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"mamba:mamba1"`` -> ``("mamba", "mamba1")``; a ``-`` mixer (the Transformer) reads as mamba2."""
+    name, mixer = spec.split(":")
+    return name, "mamba2" if mixer == "-" else mixer
+
+
+def make_step(name: str, mixer: str, graph: bool, batches, overrides: dict) -> TrainStep:
+    """A fresh paper-preset model (seed 0) and its optimiser, as one training step on the GPU."""
     preset = PRESETS["paper"]
     dev = torch.device("cuda")
     torch.manual_seed(0)
     kwargs = {**preset.model_kwargs(name, mixer), **overrides}
     model = build_model(name, vocab_size=256, max_len=64, mixer=mixer, **kwargs).to(dev)
     opt = make_optimizer(param_groups(model, preset.weight_decay), preset.lr_max, preset.betas, preset.eps, dev)
-    step = TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=graph)
+    return TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=graph)
+
+
+def time_steps(
+    name: str, mixer: str, graph: bool, steps: int, batches, overrides: dict
+) -> tuple[float, float, str]:
+    step = make_step(name, mixer, graph, batches, overrides)
     for i in range(8):  # warm-up (autotuning, capture)
         step(batches[i % len(batches)])
     torch.cuda.synchronize()
@@ -100,9 +111,8 @@ def main(argv=None) -> int:
         print(f"model overrides: {overrides}")
     print("| model | eager ms/step | graphed ms/step | eager / graphed | final loss eager / graphed |")
     print("|---|---|---|---|---|")
-    for spec in args.models:
-        name, mixer = spec.split(":")
-        mixer = "mamba2" if mixer == "-" else mixer
+    models = [parse_spec(spec) for spec in args.models]
+    for name, mixer in models:
         label = name if name.startswith("transformer") else f"{name} ({mixer})"
         chunked = mixer == "mamba2" and not name.startswith("transformer") and args.chunk_sizes
         for chunk in args.chunk_sizes if chunked else [None]:
@@ -116,9 +126,7 @@ def main(argv=None) -> int:
             te, le, _ = time_steps(name, mixer, False, args.steps, batches, ov)
             print(f"| {row} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
     if args.profile:
-        for spec in args.models:
-            name, mixer = spec.split(":")
-            mixer = "mamba2" if mixer == "-" else mixer
+        for name, mixer in models:
             print(f"\n# {name} ({mixer}): GPU time of 5 eager steps by kernel")
             print(profile_steps(name, mixer, batches, overrides))
     return 0
@@ -128,13 +136,7 @@ def profile_steps(name: str, mixer: str, batches, overrides: dict, steps: int = 
     """torch.profiler's table of the CUDA kernels in ``steps`` eager training steps, most time first."""
     from torch.profiler import ProfilerActivity, profile
 
-    preset = PRESETS["paper"]
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
-    model = build_model(name, vocab_size=256, max_len=64, mixer=mixer,
-                        **{**preset.model_kwargs(name, mixer), **overrides}).to(dev)
-    opt = make_optimizer(param_groups(model, preset.weight_decay), preset.lr_max, preset.betas, preset.eps, dev)
-    step = TrainStep(model, opt, preset.grad_clip, batches[0].n, use_graph=False)
+    step = make_step(name, mixer, False, batches, overrides)
     for i in range(3):
         step(batches[i])
     torch.cuda.synchronize()
