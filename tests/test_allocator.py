@@ -3,8 +3,6 @@ the kernel and being faulted in again. The oracle is the kernel's count of this 
 
 import os
 import platform
-import subprocess
-import sys
 
 import pytest
 
@@ -35,11 +33,11 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 def faults_per_cycle(setup: str, **env: str) -> float:
     """Page faults per allocate-fill-free cycle of a 64 MiB tensor in steady state, in a fresh interpreter
     that first runs ``setup``, with no malloc setting of the caller's environment but ``env``'s."""
+    from fresh_python import run_fresh
+
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "ACHILLES_INTERP_MALLOC")}
-    out = subprocess.run([sys.executable, "-c", setup + MEASURE], capture_output=True, text=True, check=True,
-                         env={**clean, **env})
-    return float(out.stdout.split()[-1])
+    return float(run_fresh(setup + MEASURE, env={**clean, **env}))
 
 
 TUNED = "from achilles_interp.allocator import reuse_freed_memory\nassert reuse_freed_memory()\n"
