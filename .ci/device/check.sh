@@ -13,6 +13,16 @@ step() {  # step NAME SECONDS COMMAND...
   local t0=$(date +%s)
   timeout "$secs" "$@" > "$OUT/$name.txt" 2>&1
   echo "== $name: rc=$? in $(( $(date +%s) - t0 )) s"; tail -25 "$OUT/$name.txt"
+  collect "$OUT/$name.txt"
+}
+# a call returns at most 8 files: each finished step's output (and each test module's) is appended to
+# $OUT/check.txt, leaving the benchmarks' JSON files beside it; a step cut by the call's own limit keeps
+# its file
+collect() {
+  local f
+  for f in "$@"; do
+    [ -e "$f" ] && { echo "######## ${f##*/}"; cat "$f"; echo; rm -f "$f"; } >> "$OUT/check.txt"
+  done
 }
 nvidia-smi -L
 # pytest -m cuda one module at a time, each in its own time box and output file (pytest prints tracebacks
@@ -49,6 +59,7 @@ pytest_cuda() {
 export -f pytest_cuda
 step pytest_cuda ${PYTEST_STEP_BOX:-540} env OUT="$OUT" PYTEST_MODULES="${PYTEST_MODULES:-}" PYTEST_BOX="${PYTEST_BOX:-}" \
   PYTEST_GPUS="${PYTEST_GPUS:-}" bash -c pytest_cuda
+collect "$OUT"/pytest_test_*.txt  # the modules' outputs (here, so that those of a cut step are kept too)
 step forward_mamba2_issue17 150 python3 benchmarks/forward.py --mixer mamba2 --d-model 1024 --layers 4 --batch 4 \
   --lengths 4096 --json "$OUT/forward_mamba2_issue17.json"
 step states_mamba2 150 python3 benchmarks/states.py --mixer mamba2 --json "$OUT/states_mamba2.json"
