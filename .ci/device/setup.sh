@@ -2,7 +2,9 @@
 if [ ! -d /tmp/site/mamba_ssm ]; then
   for f in .cuda/*.txz; do xz -dc "$f" | tar x -C /tmp; done
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .cuda/device-wheels/*.whl
-  [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+fi
+if [ -d .whl ] && [ ! -d /tmp/site/distributed ]; then  # Dask, for the grid; may come in a later call than the kernels
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
 fi
 if [ -d .whl_nnsight ] && [ ! -d /tmp/site/nnsight ]; then  # optional: fetch_dask_wheels.sh --nnsight
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl_nnsight/*.whl
