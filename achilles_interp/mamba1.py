@@ -81,7 +81,7 @@ class HookedMamba1Mixer(HookedMixerBase):
         ``cache`` (a :class:`~achilles_interp.generation.LayerState`, for generation): empty, the
         sequence is a prompt and the conv and SSM states after it are kept; filled, ``hidden`` is one
         token ``[batch, 1, d_model]`` and the recurrence takes one step from the kept states."""
-        if cache is None and ops.can_fuse(self, state_positions):
+        if cache is None and ops.can_fuse(self, state_positions, hidden.shape[1]):
             return ops.fused(self, hidden)
         cfg = self.cfg
         batch, L, _ = hidden.shape

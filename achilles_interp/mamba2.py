@@ -73,7 +73,7 @@ class HookedMamba2Mixer(HookedMixerBase):
         (:mod:`achilles_interp.ops`) computes the conv and the scan, or the whole mixer fused.
         ``cache``: as :meth:`HookedMamba1Mixer.forward` (generation)."""
         cfg = self.cfg
-        if cache is None and ops.can_fuse(self, state_positions):
+        if cache is None and ops.can_fuse(self, state_positions, hidden.shape[1]):
             return ops.fused(self, hidden)
         batch, L, _ = hidden.shape
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state

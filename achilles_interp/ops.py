@@ -16,7 +16,7 @@ Interface::
     conv(x, weight, bias)                               causal depthwise conv, no activation
     selective_scan(u, dt, A, B, C, D, h0, positions, inject)            Mamba-1 -> (y, states, last)
     ssd_scan(x, dt, A, B, C, D, chunk_size, h0, positions, inject)      Mamba-2 -> (y, states, last)
-    can_fuse(mixer, state_positions) / fused(mixer, hidden)             the whole mixer as one kernel
+    can_fuse(mixer, state_positions, L) / fused(mixer, hidden)          the whole mixer as one kernel
     normalize_positions(state_positions, L, device)     the one rule for state positions
 
 One token at a time (generation; the recurrence the scans compute, with the states carried)::
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import warnings
 from typing import Optional
 
@@ -104,8 +105,9 @@ class TorchOps:
         :func:`~achilles_interp.reference_ops.ssd_step_ref`."""
         return ssd_step_ref(h, x, dt, A, B, C, D)
 
-    def can_fuse(self, mixer, state_positions: StatePositions) -> bool:
-        """Whether ``mixer`` may run as one fused kernel (never, on the reference)."""
+    def can_fuse(self, mixer, state_positions: StatePositions, seq_len: int) -> bool:
+        """Whether ``mixer`` may run as one fused kernel on a sequence of ``seq_len`` tokens (never, on
+        the reference)."""
         return False
 
     def fused(self, mixer, hidden: torch.Tensor) -> torch.Tensor:
@@ -113,9 +115,28 @@ class TorchOps:
 
 
 class CudaOps(TorchOps):
-    """The CUDA-kernel implementation of the ops interface (GPU only; kernels import lazily)."""
+    """The CUDA-kernel implementation of the ops interface (GPU only; kernels import lazily).
+
+    ``short_scan_max_len``: Mamba-1 sequences up to this many tokens take the Triton scan of
+    :mod:`achilles_interp.kernels.triton_scan_grad` (differentiable) instead of ``mamba_ssm``'s, whose
+    one-warp block per (batch row, channel) suits long sequences; such a mixer is not fused. Default
+    from ``ACHILLES_INTERP_SHORT_SCAN_MAX_LEN`` (0: never, until the H200 measures which is faster).
+    """
 
     name = "cuda"
+
+    def __init__(self, short_scan_max_len: Optional[int] = None):
+        self._short_scan_max_len = short_scan_max_len
+
+    @property
+    def short_scan_max_len(self) -> int:
+        if self._short_scan_max_len is None:  # read when first needed: a bad value is a one-line CLI error
+            self._short_scan_max_len = _short_scan_max_len()
+        return self._short_scan_max_len
+
+    @short_scan_max_len.setter
+    def short_scan_max_len(self, value: int) -> None:
+        self._short_scan_max_len = int(value)
 
     def conv(self, x, weight, bias):
         return cuda_ops.causal_conv1d_cuda(x, weight, bias)
@@ -124,7 +145,8 @@ class CudaOps(TorchOps):
         """``selective_scan_fn`` for a plain scan; the Triton kernel for states or a start state
         (inference only); the reference for edits and for gradients through states or h0."""
         if inject is None and h0 is None and positions is None:
-            y, last = cuda_ops.selective_scan_cuda(u, dt, A, B, C, D)
+            short = u.shape[1] <= self.short_scan_max_len and u.dtype in _KERNEL_DTYPES
+            y, last = (cuda_ops.selective_scan_short_cuda if short else cuda_ops.selective_scan_cuda)(u, dt, A, B, C, D)
             return y, None, last
         if inject is None and not needs_grad(u, dt, A, B, C, D, h0):
             return cuda_ops.selective_scan_states_cuda(u, dt, A, B, C, D, h0=h0, positions=positions)
@@ -171,12 +193,13 @@ class CudaOps(TorchOps):
             return super().ssd_step(h, x, dt, A, B, C, D)
         return cuda_ops.ssd_step_cuda(h, x, dt, A, B, C, D)
 
-    def can_fuse(self, mixer, state_positions):
-        """The fast path's one guard: no state asked for, the standard conv, and nothing observing
-        any module inside the mixer (no hook of any kind and no nnsight trace could see inside the
-        kernel)."""
+    def can_fuse(self, mixer, state_positions, seq_len):
+        """The fast path's one guard: no state asked for, the standard conv, nothing observing any
+        module inside the mixer (no hook of any kind and no nnsight trace could see inside the kernel),
+        and not a Mamba-1 sequence short enough for the short-sequence scan."""
+        short = mixer.cfg.mixer == "mamba1" and seq_len <= self.short_scan_max_len
         return (state_positions is None and mixer.cfg.conv_mode == "standard" and not mixer.cfg.bcdt_norm
-                and not mixer.any_hooks())
+                and not short and not mixer.any_hooks())
 
     def fused(self, mixer, hidden):
         """Mamba-1: ``mamba_inner_fn``; Mamba-2: ``mamba_split_conv1d_scan_combined`` (conv, scan,
@@ -210,6 +233,13 @@ def _ssd_states_kernels():
                       f"Triton kernel achilles_interp.kernels.ssd_states did not import ({e})", stacklevel=3)
         return None
     return ssd_states
+
+
+def _short_scan_max_len() -> int:
+    raw = os.environ.get("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN", "0")
+    if not raw.strip().isdigit():
+        raise UserError(f"ACHILLES_INTERP_SHORT_SCAN_MAX_LEN must be a whole number of tokens (0 = off), got {raw!r}")
+    return int(raw)
 
 
 TORCH_OPS = TorchOps()

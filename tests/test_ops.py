@@ -98,6 +98,32 @@ def test_nnsight_keeps_the_mixers_it_reads_off_the_fused_path(mixer, fake_cuda):
     assert fake_cuda == [0, 1], "outside a trace nnsight's controllers are inert"
 
 
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_short_mamba1_sequences_leave_the_fused_path(mixer, fake_cuda, monkeypatch):
+    """The short-sequence policy: Mamba-1 sequences up to ``short_scan_max_len`` tokens run unfused (their
+    scan is the Triton one); longer ones, and Mamba-2 at any length, stay fused."""
+    model = make(mixer)
+    monkeypatch.setattr(ops.CUDA_OPS, "short_scan_max_len", L_)
+    with torch.no_grad():
+        model(torch.randint(0, V, (2, L_)))
+        assert fake_cuda == ([] if mixer == "mamba1" else [0, 1])
+        fake_cuda.clear()
+        model(torch.randint(0, V, (2, L_ + 1)))
+        assert fake_cuda == [0, 1]
+
+
+def test_short_scan_length_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN", "128")
+    assert CudaOps().short_scan_max_len == 128
+    assert CudaOps(short_scan_max_len=0).short_scan_max_len == 0
+    monkeypatch.delenv("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN")
+    assert CudaOps().short_scan_max_len == 0, "off unless asked for"
+    for bad in ("-1", "lots", "1.5"):
+        monkeypatch.setenv("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN", bad)
+        with pytest.raises(ops.UserError, match="whole number of tokens"):
+            CudaOps().short_scan_max_len
+
+
 def test_guard_is_the_only_backend_test_in_the_mixers():
     """The mixers take their arithmetic from the ops passed in: nothing else names a backend."""
     import inspect

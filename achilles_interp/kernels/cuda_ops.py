@@ -69,10 +69,23 @@ def _conv_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return w if w.dtype in (torch.float32, dtype) else w.to(dtype)
 
 
+def _channel_last_ok(xt: torch.Tensor) -> bool:
+    """Whether causal-conv1d takes ``xt`` ``[batch, channels, pos]`` as it is, channels along memory (its
+    channel-last kernel: channels a multiple of 8, the other strides too)."""
+    return xt.stride(1) == 1 and xt.shape[1] % 8 == 0 and xt.stride(0) % 8 == 0 and xt.stride(2) % 8 == 0
+
+
 def causal_conv1d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``causal_conv1d_fn`` without activation. x ``[batch, pos, channels]`` -> same shape."""
+    """``causal_conv1d_fn`` without activation. x ``[batch, pos, channels]`` -> same shape.
+
+    The mixers' time-major x goes to causal-conv1d's channel-last kernel as it is (tiles of
+    (positions, channels)); its channel-first kernel, one block per (batch row, channel), would need a
+    transposed copy and wastes most of each block on short sequences."""
     w = _conv_weight(weight, x.dtype)
-    out = kernel("causal_conv1d_fn")(x.transpose(1, 2).contiguous(), w, bias, activation=None)
+    xt = x.transpose(1, 2)
+    if not _channel_last_ok(xt):
+        xt = xt.contiguous()
+    out = kernel("causal_conv1d_fn")(xt, w, bias, activation=None)
     return out.transpose(1, 2)
 
 
@@ -130,6 +143,16 @@ def selective_scan_cuda(u, dt, A, B, C, D):
         B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
         None if D is None else D.float(), z=None, delta_bias=None, delta_softplus=False, return_last_state=True,
     )
+    return y.transpose(1, 2), last
+
+
+def selective_scan_short_cuda(u, dt, A, B, C, D):
+    """The Triton scan for short sequences (differentiable): same arguments and results as
+    :func:`selective_scan_cuda`."""
+    from .triton_scan_grad import selective_scan_trainable
+
+    y, last = selective_scan_trainable(u.transpose(1, 2), dt.transpose(1, 2), A.float(), B.transpose(1, 2),
+                                       C.transpose(1, 2), None if D is None else D.float())
     return y.transpose(1, 2), last
 
 
