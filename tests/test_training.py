@@ -71,6 +71,7 @@ def test_train_writes_everything(tmp_path):
     assert (
         prov["seed"] == 0 and prov["preset"] == "tiny" and prov["elapsed_s"] > 0 and "cpu" in prov["device"]
     )
+    assert prov["backend"] == "torch" and "short_scan_max_len" not in prov  # which arithmetic ran
     assert doc["final"] == m["final"] and doc["history"] == m["history"]
     model = load_model(tmp_path / "run")
     assert model(torch.zeros(1, 29, dtype=torch.long)).shape == (1, 29, 256)
@@ -337,9 +338,15 @@ GRAPHED = TINY.replace(name="graphed", epochs=2, batch_size=32, n_train=6 * 32 +
 
 @pytest.mark.cuda
 @pytest.mark.parametrize(
-    "name,mixer", [("mamba", "mamba2"), ("mamba", "mamba1"), ("mamba-bypass-pe", "mamba2"), ("transformer", "mamba2")]
+    "name,mixer,short_scan",
+    [("mamba", "mamba2", 0), ("mamba", "mamba1", 0), ("mamba", "mamba1", 64), ("mamba-bypass-pe", "mamba2", 0),
+     ("transformer", "mamba2", 0)],
 )
-def test_cuda_graph_training_equals_eager_training(tmp_path, name, mixer):
+def test_cuda_graph_training_equals_eager_training(tmp_path, name, mixer, short_scan, monkeypatch):
+    """short_scan: Mamba-1 on the Triton short-sequence scan (captured in the graph like the rest)."""
+    from achilles_interp.ops import CUDA_OPS
+
+    monkeypatch.setattr(CUDA_OPS, "short_scan_max_len", short_scan)
     runs = {
         graph: train(
             "inverse-matching", name, tmp_path / str(graph), preset=GRAPHED, seed=1, device="cuda",
@@ -349,6 +356,8 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, name, mixer):
     }
     assert runs[False]["provenance"]["train_step"] == "eager"
     assert runs[True]["provenance"]["train_step"] == "cuda-graph"  # no fallback to eager
+    if name != "transformer":
+        assert runs[True]["provenance"]["short_scan_max_len"] == short_scan
     eager = load_file(str(tmp_path / "False" / "model.safetensors"))
     graphed = load_file(str(tmp_path / "True" / "model.safetensors"))
     kw = GRAPHED.model_kwargs(name, mixer)

@@ -41,6 +41,7 @@ import torch
 
 from ..catalog import FORMAT_TASKS, MATCHING_TASKS
 from ..errors import UserError
+from ..ops import CUDA_OPS
 from ..outputs import atomic_write, check_output, write_json
 from ..tasks import Task, TaskBatch, get_task, task_loss
 from ..tasks.base import answer_logits
@@ -115,6 +116,16 @@ def resolve_task(task: Union[str, Task], n_layers: int, task_format: Optional[st
     if task in MATCHING_TASKS:
         kwargs["n_layers"] = n_layers
     return get_task(task, **kwargs)
+
+
+def kernel_choice(model: torch.nn.Module) -> dict:
+    """The provenance of a Mamba model's arithmetic: ``backend`` (``"torch"`` or ``"cuda"``) and, on the
+    kernels, the CUDA ops' ``short_scan_max_len`` (which Mamba-1 sequences took the Triton scan); empty
+    for the Transformer."""
+    if not hasattr(model, "resolved_backend"):
+        return {}
+    backend = model.resolved_backend()
+    return {"backend": backend, **({"short_scan_max_len": CUDA_OPS.short_scan_max_len} if backend == "cuda" else {})}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -465,7 +476,7 @@ def train(
         prov = {"command": command, "seed": seed, "preset": p.name, **code_version,
                 "elapsed_s": round(ck.elapsed_s + time.time() - t_start, 3), "device": device_description(dev),
                 "torch": torch.__version__, "python": platform.python_version(), "resumed": bool(resume),
-                "train_step": "cuda-graph" if step.graphed else "eager"}
+                "train_step": "cuda-graph" if step.graphed else "eager", **kernel_choice(model)}
         return {"run": run, "history": history, "final": final, "complete": final is not None, "provenance": prov}
 
     def save(epoch: int, at_step: int, loss_sum: float, n_seen: int) -> None:
