@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from achilles_interp.ops import CUDA_OPS
 from achilles_interp.training.graphed_step import TrainStep, make_optimizer
 from achilles_interp.training.presets import PRESETS
 from achilles_interp.training.trainer import param_groups, resolve_task
@@ -62,6 +63,7 @@ class Setup:
 
     task: str = "inverse-matching"
     overrides: dict = dataclasses.field(default_factory=dict)
+    short_scan_max_len: int = 0  # the CUDA ops' short-sequence policy for Mamba-1 (0: mamba_ssm's scan)
 
     def task_obj(self):
         n_layers = {**PRESETS["paper"].model_kwargs("mamba", "mamba2", self.task), **self.overrides}["n_layers"]
@@ -73,6 +75,7 @@ def make_step(name: str, mixer: str, graph: bool, batches, setup: Setup) -> Trai
     on the GPU."""
     preset = PRESETS["paper"]
     dev = torch.device("cuda")
+    CUDA_OPS.short_scan_max_len = setup.short_scan_max_len
     torch.manual_seed(0)
     task = setup.task_obj()
     kwargs = {**preset.model_kwargs(name, mixer, setup.task), **setup.overrides}
@@ -155,13 +158,12 @@ def processes_rate(name: str, mixer: str, k: int, steps: int, setup: Setup) -> f
     return k * steps / (max(t1 for _, t1 in got) - min(t0 for t0, _ in got))
 
 
-def share_table(models, ks: list[int], steps: int, batches, setup: Setup) -> None:
+def share_table(rows, ks: list[int], steps: int, batches) -> None:
     print("\n# K runs on one GPU: aggregate graphed steps/s (x one run alone)")
     print("| model | K | K processes | K streams of one process |")
     print("|---|---|---|---|")
-    for name, mixer in models:
+    for label, name, mixer, setup in rows:
         one = streams_rate(name, mixer, 1, steps, batches, setup)
-        label = name if name.startswith("transformer") else f"{name} ({mixer})"
         for k in ks:
             by_proc = processes_rate(name, mixer, k, steps, setup)
             by_stream = streams_rate(name, mixer, k, steps, batches, setup)
@@ -197,6 +199,9 @@ def main(argv=None) -> int:
                         "(torch.profiler): where a slow model's step goes")
     p.add_argument("--share", nargs="+", type=int, default=[], metavar="K",
                    help="also time K runs sharing the GPU, as K processes and as K streams of one process")
+    p.add_argument("--short-scan-max-len", type=int, default=0, metavar="L",
+                   help="also time each Mamba-1 model with the CUDA ops' short-sequence policy at L tokens "
+                        "(the Triton scan and no fused mixer for sequences up to L)")
     tasks = ["inverse-matching", "forward-matching", "composite", "composite-symmetric"]
     p.add_argument("--task", default="inverse-matching", choices=tasks,
                    help="the batches, batch size and model size of the paper preset for this task")
@@ -211,27 +216,41 @@ def main(argv=None) -> int:
         print(f"model overrides: {setup.overrides}")
     print("| model | eager ms/step | graphed ms/step | eager / graphed | final loss eager / graphed |")
     print("|---|---|---|---|---|")
-    models = [parse_spec(spec) for spec in args.models]
+    rows = table_rows([parse_spec(spec) for spec in args.models], setup, args.chunk_sizes, args.short_scan_max_len)
+    for row, name, mixer, row_setup in rows:
+        tg, lg, mode = time_steps(name, mixer, True, args.steps, batches, row_setup)
+        note = "" if mode == "cuda-graph" else " (capture failed: eager)"
+        if args.graphed_only:
+            print(f"| {row} | - | {tg:.2f}{note} | - | - / {lg:.4f} |")
+            continue
+        te, le, _ = time_steps(name, mixer, False, args.steps, batches, row_setup)
+        print(f"| {row} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
+    if args.share:
+        share_table(rows, args.share, args.steps, batches)
+    if args.profile:
+        for row, name, mixer, row_setup in rows:
+            print(f"\n# {row}: GPU time of 5 eager steps by kernel")
+            print(profile_steps(name, mixer, batches, row_setup))
+    return 0
+
+
+def table_rows(models, setup: Setup, chunk_sizes, short_scan_max_len: int) -> list[tuple[str, str, str, Setup]]:
+    """(row label, model name, mixer, setup) of each timed row: a row per model, per Mamba-2 chunk size
+    when ``chunk_sizes`` are given, and a second row for Mamba-1 on the short-sequence scan when
+    ``short_scan_max_len`` is."""
+    rows = []
     for name, mixer in models:
         label = name if name.startswith("transformer") else f"{name} ({mixer})"
-        chunked = mixer == "mamba2" and not name.startswith("transformer") and args.chunk_sizes
-        for chunk in args.chunk_sizes if chunked else [None]:
-            ov = setup if chunk is None else Setup(setup.task, {**setup.overrides, "chunk_size": chunk})
-            row = label if chunk is None else f"{label}, chunk {chunk}"
-            tg, lg, mode = time_steps(name, mixer, True, args.steps, batches, ov)
-            note = "" if mode == "cuda-graph" else " (capture failed: eager)"
-            if args.graphed_only:
-                print(f"| {row} | - | {tg:.2f}{note} | - | - / {lg:.4f} |")
-                continue
-            te, le, _ = time_steps(name, mixer, False, args.steps, batches, ov)
-            print(f"| {row} | {te:.2f} | {tg:.2f}{note} | {te / tg:.1f}x | {le:.4f} / {lg:.4f} |")
-    if args.share:
-        share_table(models, args.share, args.steps, batches, setup)
-    if args.profile:
-        for name, mixer in models:
-            print(f"\n# {name} ({mixer}): GPU time of 5 eager steps by kernel")
-            print(profile_steps(name, mixer, batches, setup))
-    return 0
+        mamba = not name.startswith("transformer")
+        if mamba and mixer == "mamba2" and chunk_sizes:
+            rows += [(f"{label}, chunk {c}", name, mixer, dataclasses.replace(
+                setup, overrides={**setup.overrides, "chunk_size": c})) for c in chunk_sizes]
+            continue
+        rows.append((label, name, mixer, setup))
+        if mamba and mixer == "mamba1" and short_scan_max_len:
+            rows.append((f"{label}, Triton short scan", name, mixer,
+                         dataclasses.replace(setup, short_scan_max_len=short_scan_max_len)))
+    return rows
 
 
 def profile_steps(name: str, mixer: str, batches, setup: Setup, steps: int = 5, rows: int = 10) -> str:

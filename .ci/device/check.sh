@@ -4,9 +4,11 @@
 # Steps: pytest_cuda (pytest -m cuda); forward_mamba2_issue17 (forward.py at issue #17's setting:
 # Mamba-2 d_model 1024, 4 layers, L 4096, batch 4, states at 16 positions); states_mamba2 and
 # effective_attention_mamba2; pretrained_scale (2.8B / 2.7B shapes, bf16); grid_scaling (1 GPU vs 2;
-# needs the x2 machine); train_step (the paper preset's training step, Mamba-2 against Mamba-1: the grid's
-# cost per epoch; needs cuda_selective_scan.txz).
-steps=${*:-pytest_cuda forward_mamba2_issue17 states_mamba2 effective_attention_mamba2 pretrained_scale grid_scaling train_step}
+# needs the x2 machine); train_step (the paper preset's training step, Mamba-2 against Mamba-1 on mamba_ssm's and
+# on the Triton short-sequence scan: the grid's cost per epoch; needs cuda_selective_scan.txz), train_step_composite
+# (the same on composite-symmetric, the slowest cell), train_step_share (12 runs on one GPU: processes or streams).
+steps=${*:-pytest_cuda forward_mamba2_issue17 states_mamba2 effective_attention_mamba2 pretrained_scale grid_scaling train_step \
+  train_step_composite train_step_share}
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 secs=$2; shift 2
   [[ " $steps " == *" $name "* ]] || return 0
@@ -67,5 +69,9 @@ step effective_attention_mamba2 60 python3 benchmarks/effective_attention.py --m
   --json "$OUT/effective_attention_mamba2.json"
 step pretrained_scale 150 python3 benchmarks/pretrained_scale.py --json "$OUT/pretrained_scale.json"
 step grid_scaling 240 python3 benchmarks/grid_scaling.py --epochs 3 --json "$OUT/grid_scaling.json"
-step train_step 150 python3 benchmarks/train_step.py --steps 100 --graphed-only --profile --models mamba:mamba2 mamba:mamba1 mamba-bypass:mamba1 \
-  mamba-pe:mamba1 transformer:-
+step train_step 240 python3 benchmarks/train_step.py --steps 100 --graphed-only --profile --short-scan-max-len 128 \
+  --models mamba:mamba2 mamba:mamba1 mamba-bypass:mamba1 transformer:-
+step train_step_composite 150 python3 benchmarks/train_step.py --task composite-symmetric --steps 100 --graphed-only \
+  --short-scan-max-len 128 --models mamba:mamba2 mamba:mamba1
+step train_step_share 300 python3 benchmarks/train_step.py --steps 200 --graphed-only --share 12 --short-scan-max-len 128 \
+  --models mamba:mamba1
