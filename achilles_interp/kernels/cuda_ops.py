@@ -71,8 +71,10 @@ def _conv_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _channel_last_ok(xt: torch.Tensor) -> bool:
     """Whether causal-conv1d takes ``xt`` ``[batch, channels, pos]`` as it is, channels along memory (its
-    channel-last kernel: channels a multiple of 8, the other strides too)."""
-    return xt.stride(1) == 1 and xt.shape[1] % 8 == 0 and xt.stride(0) % 8 == 0 and xt.stride(2) % 8 == 0
+    channel-last kernel: channels a multiple of 8, the other strides too, and 16-byte vector loads from
+    the first element, which a view into a larger tensor may not allow)."""
+    return (xt.stride(1) == 1 and xt.shape[1] % 8 == 0 and xt.stride(0) % 8 == 0 and xt.stride(2) % 8 == 0
+            and xt.data_ptr() % 16 == 0)
 
 
 def causal_conv1d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
