@@ -211,3 +211,16 @@ def test_missing_ssd_states_kernel_falls_back_with_one_warning(monkeypatch):
     finally:
         ops._ssd_states_kernels.cache_clear()
     assert called == [1, 1]
+
+
+def test_conv_layout_rule_matches_causal_conv1d_channel_last_requirements():
+    """Which time-major x go to causal-conv1d's channel-last kernel without a copy: channels and strides
+    multiples of 8 and a 16-byte aligned first element (the kernel's checks and its vector loads)."""
+    ok = cuda_ops._channel_last_ok
+    x = torch.zeros(2, 7, 32)
+    assert ok(x.transpose(1, 2))                                  # contiguous time-major
+    assert ok(x[..., :16].transpose(1, 2))                        # Mamba-1's x: a chunk of in_proj's output
+    assert ok(x[..., 16:].transpose(1, 2))                        # a later chunk, still 64-byte aligned
+    assert not ok(x[..., 1:9].transpose(1, 2))                    # 4 bytes in: misaligned vector loads
+    assert not ok(torch.zeros(2, 7, 12).transpose(1, 2))          # channels not a multiple of 8
+    assert not ok(x.transpose(1, 2).contiguous())                 # channel-first: the other kernel
