@@ -135,6 +135,17 @@ if triton is not None:
         return x_row, dt_row, B_row, C_row, x, dt, B, C
 
     @triton.jit
+    def _program_tile(d_inner, d_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """This program's batch row (program axis 1, int64) and its ``[BLOCK_D, BLOCK_N]`` tile of
+        (channel, state) (channel block: program axis 0): (b, offs_d, offs_n, mask_d, mask_n, mask_dn)."""
+        b = tl.program_id(1).to(tl.int64)
+        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_d = offs_d < d_inner
+        mask_n = offs_n < d_state
+        return b, offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :]
+
+    @triton.jit
     def _selective_scan_states_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, h0_ptr, pos_ptr,
         y_ptr, states_ptr, last_ptr,
@@ -153,13 +164,7 @@ if triton is not None:
     ):
         # states: [batch, P, d_inner, d_state] with (d, n) contiguous; last: [batch, d_inner, d_state]
         LOG2E: tl.constexpr = 1.4426950408889634
-        pid_d = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_n = tl.arange(0, BLOCK_N)
-        mask_d = offs_d < d_inner
-        mask_n = offs_n < d_state
-        mask_dn = mask_d[:, None] & mask_n[None, :]
+        b, offs_d, offs_n, mask_d, mask_n, mask_dn = _program_tile(d_inner, d_state, BLOCK_D, BLOCK_N)
 
         # exp(dt * A) = exp2(dt * A * log2(e)); padded lanes get A = 0, B = 0, h = 0 and stay 0.
         A2 = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n,

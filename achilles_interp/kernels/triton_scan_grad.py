@@ -35,6 +35,7 @@ from .triton_scan import _next_pow2, _require_triton, _scan_impl, tl, triton
 __all__ = ["selective_scan_trainable"]
 
 if triton is not None:
+    from .triton_scan import _program_tile
 
     @triton.jit
     def _selective_scan_bwd_kernel(
@@ -55,12 +56,7 @@ if triton is not None:
         # dA: [batch, d_inner, d_state] and dD: [batch, d_inner] contiguous (this row's share)
         LOG2E: tl.constexpr = 1.4426950408889634
         pid_d = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_n = tl.arange(0, BLOCK_N)
-        mask_d = offs_d < d_inner
-        mask_n = offs_n < d_state
-        mask_dn = mask_d[:, None] & mask_n[None, :]
+        b, offs_d, offs_n, mask_d, mask_n, mask_dn = _program_tile(d_inner, d_state, BLOCK_D, BLOCK_N)
 
         A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
         if HAS_D:
