@@ -49,10 +49,12 @@ if triton is not None:
         s_C_b, s_C_n, s_C_l,
         s_st_b, s_st_p,
         s_dy_b, s_dy_d, s_dy_l,
+        s_du_b, s_du_d, s_du_l,
+        s_ddt_b, s_ddt_d, s_ddt_l,
         s_bc_k, s_bc_b, s_bc_n,
         HAS_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        # du, ddt: [batch, d_inner, L] contiguous; dB, dC: [d_blocks, batch, d_state, L] (this block's share);
+        # du, ddt: [batch, d_inner, L] laid out as u and dt; dB, dC: [d_blocks, batch, d_state, L] (this block's share);
         # dA: [batch, d_inner, d_state] and dD: [batch, d_inner] contiguous (this row's share)
         LOG2E: tl.constexpr = 1.4426950408889634
         pid_d = tl.program_id(0)
@@ -66,7 +68,6 @@ if triton is not None:
         dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
         dD = tl.zeros([BLOCK_D], dtype=tl.float32)
         h_t = tl.load(st_base + (L - 1) * s_st_p, mask=mask_dn, other=0.0)
-        out_dl = b * d_inner * L + offs_d * L                     # du / ddt row offsets at t = 0
         bc_base = pid_d * s_bc_k + b * s_bc_b + offs_n * s_bc_n
         for i in range(L):
             t = L - 1 - i
@@ -86,8 +87,8 @@ if triton is not None:
                 du_t += Dv * dy_t
                 dD += dy_t * u_t
             ddt_t = tl.sum(Gah * A, axis=1) + u_t * GB
-            tl.store(du_ptr + out_dl + t, du_t, mask=mask_d)
-            tl.store(ddt_ptr + out_dl + t, ddt_t, mask=mask_d)
+            tl.store(du_ptr + b * s_du_b + offs_d * s_du_d + t * s_du_l, du_t, mask=mask_d)
+            tl.store(ddt_ptr + b * s_ddt_b + offs_d * s_ddt_d + t * s_ddt_l, ddt_t, mask=mask_d)
             tl.store(dB_ptr + bc_base + t, tl.sum(G * (dt_t * u_t)[:, None], axis=0), mask=mask_n)
             tl.store(dC_ptr + bc_base + t, tl.sum(h_t * dy_t[:, None], axis=0), mask=mask_n)
             dA += Gah * dt_t[:, None]
@@ -115,8 +116,8 @@ def _backward(u, dt, A, B, C, D, states, dy):
     block_d, num_warps = _bwd_config(d_inner, d_state)
     n_blocks = triton.cdiv(d_inner, block_d)
     dev = u.device
-    du = torch.empty((batch, d_inner, L), device=dev, dtype=f32)
-    ddt = torch.empty_like(du)
+    # laid out as u and dt (the mixers' time-major views: a step's channels side by side in memory)
+    du, ddt = torch.empty_like(u, dtype=f32), torch.empty_like(dt, dtype=f32)
     dB = torch.empty((n_blocks, batch, d_state, L), device=dev, dtype=f32)
     dC = torch.empty_like(dB)
     dA = torch.empty((batch, d_inner, d_state), device=dev, dtype=f32)
@@ -126,7 +127,7 @@ def _backward(u, dt, A, B, C, D, states, dy):
         du, ddt, dB, dC, dA, dD,
         L, d_inner, d_state,
         *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), states.stride(0), states.stride(1),
-        *dy.stride(), dB.stride(0), dB.stride(1), dB.stride(2),
+        *dy.stride(), *du.stride(), *ddt.stride(), dB.stride(0), dB.stride(1), dB.stride(2),
         HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=_next_pow2(d_state), num_warps=num_warps,
     )
     return (du.to(u.dtype), ddt.to(dt.dtype), dA.sum(0).to(A.dtype), dB.sum(0).to(B.dtype),
