@@ -100,9 +100,11 @@ if triton is not None:
             tl.store(dD_ptr + b * d_inner + offs_d, dD, mask=mask_d)
 
 
-def _bwd_config(d_inner: int, d_state: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the backward: a ``[BLOCK_D, d_state]`` tile of about 512 values, so
-    that the per-block partial sums of dB and dC stay a few blocks deep."""
+def _tile_config(d_inner: int, d_state: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of both passes: a ``[BLOCK_D, d_state]`` tile of about 512 values. A short
+    sequence leaves each program a few dozen dependent steps, so the time is (steps x load latency) per
+    wave of programs: bigger tiles over more warps mean fewer waves (the inference kernel's 128-value
+    one-warp tile suits few long rows). It also keeps the backward's per-block dB / dC sums few."""
     block_n = _next_pow2(d_state)
     block_d = max(1, min(_next_pow2(d_inner), max(1, 512 // block_n)))
     return block_d, 4 if block_d * block_n >= 512 else 2
@@ -113,7 +115,7 @@ def _backward(u, dt, A, B, C, D, states, dy):
     batch, d_inner, L = u.shape
     d_state = A.shape[1]
     f32 = torch.float32
-    block_d, num_warps = _bwd_config(d_inner, d_state)
+    block_d, num_warps = _tile_config(d_inner, d_state)
     n_blocks = triton.cdiv(d_inner, block_d)
     dev = u.device
     # laid out as u and dt (the mixers' time-major views: a step's channels side by side in memory)
@@ -137,7 +139,8 @@ def _backward(u, dt, A, B, C, D, states, dy):
 class _TrainableScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dt, A, B, C, D):
-        y, states, last = _scan_impl(u, dt, A, B, C, D, None, False, None, "all")
+        block_d, num_warps = _tile_config(u.shape[1], A.shape[1])
+        y, states, last = _scan_impl(u, dt, A, B, C, D, None, False, None, "all", block_d, num_warps)
         ctx.save_for_backward(u, dt, A, B, C, D, states)
         ctx.mark_non_differentiable(last)
         return y, last
@@ -166,6 +169,6 @@ def selective_scan_trainable(
     """
     _require_triton(u.device, "selective_scan_trainable")
     if not needs_grad(u, dt, A, B, C, D):  # nothing to differentiate: no states kept
-        y, _, last = _scan_impl(u, dt, A, B, C, D, None, False, None, None)
+        y, _, last = _scan_impl(u, dt, A, B, C, D, None, False, None, None, *_tile_config(u.shape[1], A.shape[1]))
         return y, last
     return _TrainableScan.apply(u, dt, A, B, C, D)
