@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import warnings
 from typing import Optional
 
@@ -237,7 +238,7 @@ def _ssd_states_kernels():
 
 def _short_scan_max_len() -> int:
     raw = os.environ.get("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN", "0")
-    if not raw.strip().isdigit():
+    if not re.fullmatch(r"[0-9]+", raw.strip()):
         raise UserError(f"ACHILLES_INTERP_SHORT_SCAN_MAX_LEN must be a whole number of tokens (0 = off), got {raw!r}")
     return int(raw)
 

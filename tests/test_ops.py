@@ -118,7 +118,7 @@ def test_short_scan_length_comes_from_the_environment(monkeypatch):
     assert CudaOps(short_scan_max_len=0).short_scan_max_len == 0
     monkeypatch.delenv("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN")
     assert CudaOps().short_scan_max_len == 0, "off unless asked for"
-    for bad in ("-1", "lots", "1.5"):
+    for bad in ("-1", "lots", "1.5", "\u00b2"):
         monkeypatch.setenv("ACHILLES_INTERP_SHORT_SCAN_MAX_LEN", bad)
         with pytest.raises(ops.UserError, match="whole number of tokens"):
             CudaOps().short_scan_max_len
@@ -224,3 +224,4 @@ def test_conv_layout_rule_matches_causal_conv1d_channel_last_requirements():
     assert not ok(x[..., 1:9].transpose(1, 2))                    # 4 bytes in: misaligned vector loads
     assert not ok(torch.zeros(2, 7, 12).transpose(1, 2))          # channels not a multiple of 8
     assert not ok(x.transpose(1, 2).contiguous())                 # channel-first: the other kernel
+    assert not ok(x[:, :1].expand(2, 7, 32).transpose(1, 2))      # time stride 0: read as channel-first

@@ -74,7 +74,7 @@ def _channel_last_ok(xt: torch.Tensor) -> bool:
     channel-last kernel: channels a multiple of 8, the other strides too, and 16-byte vector loads from
     the first element, which a view into a larger tensor may not allow)."""
     return (xt.stride(1) == 1 and xt.shape[1] % 8 == 0 and xt.stride(0) % 8 == 0 and xt.stride(2) % 8 == 0
-            and xt.data_ptr() % 16 == 0)
+            and xt.stride(2) >= 8 and xt.data_ptr() % 16 == 0)  # stride 0 (x broadcast over time) is not
 
 
 def causal_conv1d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -85,8 +85,8 @@ def causal_conv1d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     transposed copy and wastes most of each block on short sequences."""
     w = _conv_weight(weight, x.dtype)
     xt = x.transpose(1, 2)
-    if not _channel_last_ok(xt):
-        xt = xt.contiguous()
+    if not _channel_last_ok(xt):  # the channel-first kernel, on a fresh copy with standard strides
+        xt = xt.clone(memory_format=torch.contiguous_format)
     out = kernel("causal_conv1d_fn")(xt, w, bias, activation=None)
     return out.transpose(1, 2)
 

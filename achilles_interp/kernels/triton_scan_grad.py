@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from ..reference_ops import needs_grad
-from .triton_scan import _next_pow2, _require_triton, _scan_impl, tl, triton
+from .triton_scan import _bc_3d, _next_pow2, _require_triton, _scan_impl, tl, triton
 
 __all__ = ["selective_scan_trainable"]
 
@@ -57,7 +57,7 @@ if triton is not None:
         # du, ddt: [batch, d_inner, L] laid out as u and dt; dB, dC: [d_blocks, batch, d_state, L] (this block's share);
         # dA: [batch, d_inner, d_state] and dD: [batch, d_inner] contiguous (this row's share)
         LOG2E: tl.constexpr = 1.4426950408889634
-        pid_d = tl.program_id(0)
+        pid_d = tl.program_id(0).to(tl.int64)
         b, offs_d, offs_n, mask_d, mask_n, mask_dn = _program_tile(d_inner, d_state, BLOCK_D, BLOCK_N)
 
         A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
@@ -67,7 +67,10 @@ if triton is not None:
         g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)       # a_{t+1} * G_{t+1}
         dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
         dD = tl.zeros([BLOCK_D], dtype=tl.float32)
-        h_t = tl.load(st_base + (L - 1) * s_st_p, mask=mask_dn, other=0.0)
+        # h_t's pointers, moved back one step per iteration (64-bit pointer arithmetic, as in the forward:
+        # a row's states may pass 2**31 values); b * 0 makes the first offset an int64
+        st_t = st_base + (b * 0 + L - 1) * s_st_p
+        h_t = tl.load(st_t, mask=mask_dn, other=0.0)
         bc_base = pid_d * s_bc_k + b * s_bc_b + offs_n * s_bc_n
         for i in range(L):
             t = L - 1 - i
@@ -76,7 +79,8 @@ if triton is not None:
             B_t = tl.load(B_ptr + b * s_B_b + offs_n * s_B_n + t * s_B_l, mask=mask_n, other=0.0).to(tl.float32)
             C_t = tl.load(C_ptr + b * s_C_b + offs_n * s_C_n + t * s_C_l, mask=mask_n, other=0.0).to(tl.float32)
             dy_t = tl.load(dy_ptr + b * s_dy_b + offs_d * s_dy_d + t * s_dy_l, mask=mask_d, other=0.0).to(tl.float32)
-            h_prev = tl.load(st_base + (t - 1) * s_st_p, mask=mask_dn & (t > 0), other=0.0)
+            st_t -= s_st_p  # h_{t-1} (before the row at t = 0: masked, never read)
+            h_prev = tl.load(st_t, mask=mask_dn & (t > 0), other=0.0)
 
             G = g + dy_t[:, None] * C_t[None, :]
             a_t = tl.exp2(dt_t[:, None] * A * LOG2E)
@@ -115,6 +119,7 @@ def _backward(u, dt, A, B, C, D, states, dy):
     batch, d_inner, L = u.shape
     d_state = A.shape[1]
     f32 = torch.float32
+    D = D if D is None or D.stride(0) == 1 else D.contiguous()  # the kernel reads D[d] at stride 1
     block_d, num_warps = _tile_config(d_inner, d_state)
     n_blocks = triton.cdiv(d_inner, block_d)
     dev = u.device
@@ -146,6 +151,7 @@ class _TrainableScan(torch.autograd.Function):
         return y, last
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, _dlast):
         u, dt, A, B, C, D, states = ctx.saved_tensors
         grads = _backward(u, dt, A, B, C, D, states, dy)
@@ -161,13 +167,16 @@ def selective_scan_trainable(
     Args:
         u, dt: ``[batch, d_inner, L]``, dt already positive (no bias, no softplus: the hooked mixer
             applies both before its ``hook_dt``); fp32, bf16 or fp16.
-        A: ``[d_inner, d_state]`` real, negative. B, C: ``[batch, d_state, L]``. D: ``[d_inner]`` or None.
+        A: ``[d_inner, d_state]`` real, negative. B, C: ``[batch, d_state, L]`` (or ``[batch, 1, d_state, L]``).
+        D: ``[d_inner]`` or None.
     Returns:
         (y ``[batch, d_inner, L]`` in u's dtype, the last state ``[batch, d_inner, d_state]`` fp32, not
         differentiable). Gradients reach u, dt, A, B, C and D. Memory: every state of the sequence is
         kept for the backward (``batch * L * d_inner * d_state`` fp32).
     """
     _require_triton(u.device, "selective_scan_trainable")
+    batch, _, L = u.shape
+    B, C = _bc_3d("B", B, batch, L), _bc_3d("C", C, batch, L)  # a [batch, 1, d_state, L] group dim squeezed
     if not needs_grad(u, dt, A, B, C, D):  # nothing to differentiate: no states kept
         y, _, last = _scan_impl(u, dt, A, B, C, D, None, False, None, None, *_tile_config(u.shape[1], A.shape[1]))
         return y, last

@@ -428,6 +428,7 @@ def train(
     model = build_model(
         model_name, vocab_size=task_obj.vocab_size, max_len=max(task_obj.seq_len, 64), mixer=mixer, **mkw
     ).to(dev)
+    kernels = kernel_choice(model)  # here, so that a bad kernel setting stops the run before it trains
     train_split = task_obj.splits[0]
     train_set = task_obj.generate(n_tr, seed=seed, split=train_split)
     eval_sets = {
@@ -476,7 +477,7 @@ def train(
         prov = {"command": command, "seed": seed, "preset": p.name, **code_version,
                 "elapsed_s": round(ck.elapsed_s + time.time() - t_start, 3), "device": device_description(dev),
                 "torch": torch.__version__, "python": platform.python_version(), "resumed": bool(resume),
-                "train_step": "cuda-graph" if step.graphed else "eager", **kernel_choice(model)}
+                "train_step": "cuda-graph" if step.graphed else "eager", **kernels}
         return {"run": run, "history": history, "final": final, "complete": final is not None, "provenance": prov}
 
     def save(epoch: int, at_step: int, loss_sum: float, n_seen: int) -> None:
