@@ -84,12 +84,19 @@ def make_step(name: str, mixer: str, graph: bool, batches, setup: Setup) -> Trai
     return TrainStep(model.to(dev), opt, preset.grad_clip, batches[0].n, use_graph=graph)
 
 
+def warmed_step(name: str, mixer: str, graph: bool, batches, setup: Setup) -> TrainStep:
+    """:func:`make_step`, then 8 untimed steps (autotuning, and the capture of a graphed step) on the
+    current stream."""
+    step = make_step(name, mixer, graph, batches, setup)
+    for i in range(8):
+        step(batches[i % len(batches)])
+    return step
+
+
 def time_steps(
     name: str, mixer: str, graph: bool, steps: int, batches, setup: Setup
 ) -> tuple[float, float, str]:
-    step = make_step(name, mixer, graph, batches, setup)
-    for i in range(8):  # warm-up (autotuning, capture)
-        step(batches[i % len(batches)])
+    step = warmed_step(name, mixer, graph, batches, setup)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(steps):
@@ -113,11 +120,8 @@ def streams_rate(name: str, mixer: str, k: int, steps: int, batches, setup: Setu
     torch.cuda.synchronize()  # the batches, made on the default stream, are ready for every stream
     trains = []
     for s in streams:
-        with torch.cuda.stream(s):
-            train = make_step(name, mixer, True, batches, setup)
-            for i in range(8):  # warm-up and capture, one model at a time
-                train(batches[i % len(batches)])
-        trains.append(train)
+        with torch.cuda.stream(s):  # warm-up and capture, one model at a time
+            trains.append(warmed_step(name, mixer, True, batches, setup))
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(steps):
@@ -131,9 +135,7 @@ def streams_rate(name: str, mixer: str, k: int, steps: int, batches, setup: Setu
 def _process_run(name: str, mixer: str, steps: int, setup: Setup, start, spans) -> None:
     """One grid worker's share: a model of its own, graphed, timed from a common start."""
     batches, _ = make_batches(setup)
-    train = make_step(name, mixer, True, batches, setup)
-    for i in range(8):
-        train(batches[i % len(batches)])
+    train = warmed_step(name, mixer, True, batches, setup)
     torch.cuda.synchronize()
     start.wait()
     t0 = time.perf_counter()
