@@ -141,11 +141,15 @@ def _backward(u, dt, A, B, C, D, states, dy):
             dC.sum(0).to(C.dtype), None if D is None else dD.sum(0).to(D.dtype))
 
 
+def _forward(u, dt, A, B, C, D, positions):
+    """The state-emitting forward kernel at this module's tile: (y, states at ``positions``, last state)."""
+    return _scan_impl(u, dt, A, B, C, D, None, False, None, positions, *_tile_config(u.shape[1], A.shape[1]))
+
+
 class _TrainableScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dt, A, B, C, D):
-        block_d, num_warps = _tile_config(u.shape[1], A.shape[1])
-        y, states, last = _scan_impl(u, dt, A, B, C, D, None, False, None, "all", block_d, num_warps)
+        y, states, last = _forward(u, dt, A, B, C, D, "all")
         ctx.save_for_backward(u, dt, A, B, C, D, states)
         ctx.mark_non_differentiable(last)
         return y, last
@@ -178,6 +182,6 @@ def selective_scan_trainable(
     batch, _, L = u.shape
     B, C = _bc_3d("B", B, batch, L), _bc_3d("C", C, batch, L)  # a [batch, 1, d_state, L] group dim squeezed
     if not needs_grad(u, dt, A, B, C, D):  # nothing to differentiate: no states kept
-        y, _, last = _scan_impl(u, dt, A, B, C, D, None, False, None, None, *_tile_config(u.shape[1], A.shape[1]))
+        y, _, last = _forward(u, dt, A, B, C, D, None)
         return y, last
     return _TrainableScan.apply(u, dt, A, B, C, D)
