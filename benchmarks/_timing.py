@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -76,6 +77,22 @@ def median_ms(fn, warmup: int = 1, reps: int = 3) -> float:
 def spaced_positions(L: int, n: int) -> list[int]:
     """Up to ``n`` distinct positions spread evenly over ``[0, L)``, first and last included, ascending."""
     return torch.linspace(0, L - 1, n).round().long().unique().tolist()
+
+
+def graph_timer():
+    """A timer of one call replayed as a CUDA graph (median ms of triton's do_bench_cudagraph), or nan with a
+    message where the call cannot be captured."""
+    from triton.testing import do_bench_cudagraph
+
+    def graph_bench(fn):
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):   # older Triton refuses to capture on the default stream
+                return do_bench_cudagraph(fn, rep=200, return_mode="median")
+        except Exception as e:  # a host sync or pageable copy inside fn makes capture fail
+            print(f"(CUDA-graph timing failed: {type(e).__name__}: {e}; that column is nan)", file=sys.stderr)
+            torch.cuda.synchronize()
+            return float("nan")
+    return graph_bench
 
 
 def md_row(cells) -> str:

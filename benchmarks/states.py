@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 try:  # run as a script: this folder is on sys.path
-    from _timing import add_quick_json, gpu_missing, median_ms, parser, print_table, spaced_positions, write_json
+    from _timing import (add_quick_json, gpu_missing, graph_timer, median_ms, parser, print_table, spaced_positions,
+                         write_json)
 except ImportError:  # imported as benchmarks.states
-    from benchmarks._timing import (add_quick_json, gpu_missing, median_ms, parser, print_table, spaced_positions,
-                                    write_json)
+    from benchmarks._timing import (add_quick_json, gpu_missing, graph_timer, median_ms, parser, print_table,
+                                    spaced_positions, write_json)
 
 N_LISTED = 16   # positions of the "listed states" timing
 
@@ -42,22 +43,6 @@ def setup(args, do_bench):
     def bench(fn):
         return do_bench(fn, warmup=25, rep=200, return_mode="median")
     return bw, torch.cuda.get_device_name(), bench
-
-
-def graph_timer():
-    """A timer of one call replayed as a CUDA graph (median ms of triton's do_bench_cudagraph), or nan with a
-    message where the call cannot be captured."""
-    from triton.testing import do_bench_cudagraph
-
-    def graph_bench(fn):
-        try:
-            with torch.cuda.stream(torch.cuda.Stream()):   # older Triton refuses to capture on the default stream
-                return do_bench_cudagraph(fn, rep=200, return_mode="median")
-        except Exception as e:  # a host sync or pageable copy inside fn makes capture fail
-            print(f"(CUDA-graph timing failed: {type(e).__name__}: {e}; that column is nan)", file=sys.stderr)
-            torch.cuda.synchronize()
-            return float("nan")
-    return graph_bench
 
 
 def loop_check(loop, args_upto, st_all, L, loop_len):

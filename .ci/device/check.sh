@@ -6,9 +6,10 @@
 # effective_attention_mamba2; pretrained_scale (2.8B / 2.7B shapes, bf16); grid_scaling (1 GPU vs 2;
 # needs the x2 machine); train_step (the paper preset's training step, Mamba-2 against Mamba-1 on mamba_ssm's and
 # on the Triton short-sequence scan: the grid's cost per epoch; needs cuda_selective_scan.txz), train_step_composite
-# (the same on composite-symmetric, the slowest cell), train_step_share (12 runs on one GPU: processes or streams).
+# (the same on composite-symmetric, the slowest cell), train_step_share (12 runs on one GPU: processes or streams),
+# short_scan (the Mamba-1 training scan alone by length, Triton vs mamba_ssm: the short_scan_max_len crossover).
 steps=${*:-pytest_cuda forward_mamba2_issue17 states_mamba2 effective_attention_mamba2 pretrained_scale grid_scaling train_step \
-  train_step_composite train_step_share}
+  train_step_composite train_step_share short_scan}
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 secs=$2; shift 2
   [[ " $steps " == *" $name "* ]] || return 0
@@ -75,3 +76,4 @@ step train_step_composite 150 python3 benchmarks/train_step.py --task composite-
   --short-scan-max-len 128 --models mamba:mamba2 mamba:mamba1
 step train_step_share 300 python3 benchmarks/train_step.py --steps 200 --graphed-only --share 12 --short-scan-max-len 128 \
   --models mamba:mamba1
+step short_scan 200 python3 benchmarks/short_scan.py --json "$OUT/short_scan.json"
