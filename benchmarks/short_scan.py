@@ -4,10 +4,12 @@
 that many tokens to ``kernels/triton_scan_grad.py`` instead of ``selective_scan_fn``. This script
 measures where that pays: one forward + backward of the scan alone (the op a training step calls, with
 the same ``[batch, pos, d_inner]`` inputs the mixer passes) for each length, both kernels, replayed as
-a CUDA graph (the trainer's graphed step: no launch cost), at two shapes of the paper preset:
+a CUDA graph (the trainer's graphed step: no launch cost), at the two shapes of the paper preset's
+Mamba-1 grid and at a pretrained model's:
 
   * matching: batch 1024, d_inner 256, d_state 16 (inverse / forward matching, L 29)
   * composite: batch 2048, d_inner 64, d_state 16 (composite tasks, L 8)
+  * mamba-130m: batch 8, d_inner 1536, d_state 16 (fine-tuning a small pretrained Mamba-1)
 
 Prints, per shape, ms of each kernel, their ratio (Triton / mamba_ssm: < 1 means the Triton scan is
 faster), the Triton scan's extra memory (it keeps every state for the backward) and the largest
@@ -28,7 +30,8 @@ try:  # run as a script: this folder is on sys.path
 except ImportError:  # imported as benchmarks.short_scan
     from benchmarks._timing import add_quick_json, gpu_missing, graph_timer, parser, print_table, timed, write_json
 
-SHAPES = {"matching": (1024, 256, 16), "composite": (2048, 64, 16)}   # (batch, d_inner, d_state)
+# (batch, d_inner, d_state)
+SHAPES = {"matching": (1024, 256, 16), "composite": (2048, 64, 16), "mamba-130m": (8, 1536, 16)}
 LENGTHS = (8, 16, 29, 32, 64, 96, 128, 192, 256, 512)
 
 
