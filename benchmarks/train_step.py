@@ -29,6 +29,7 @@ import torch
 
 from achilles_interp.ops import CUDA_OPS
 from achilles_interp.training.graphed_step import TrainStep, make_optimizer
+from achilles_interp.training.paper_grid import GRID_TASKS
 from achilles_interp.training.presets import PRESETS
 from achilles_interp.training.trainer import param_groups, resolve_task
 from achilles_interp.zoo import build_model
@@ -204,8 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--short-scan-max-len", type=int, default=0, metavar="L",
                    help="also time each Mamba-1 model with the CUDA ops' short-sequence policy at L tokens "
                         "(the Triton scan and no fused mixer for sequences up to L)")
-    tasks = ["inverse-matching", "forward-matching", "composite", "composite-symmetric"]
-    p.add_argument("--task", default="inverse-matching", choices=tasks,
+    p.add_argument("--task", default="inverse-matching", choices=GRID_TASKS,
                    help="the batches, batch size and model size of the paper preset for this task")
     args = p.parse_args(argv)
     setup = Setup(args.task, dict(args.set))
