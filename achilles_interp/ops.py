@@ -121,7 +121,8 @@ class CudaOps(TorchOps):
     ``short_scan_max_len``: Mamba-1 sequences up to this many tokens take the Triton scan of
     :mod:`achilles_interp.kernels.triton_scan_grad` (differentiable) instead of ``mamba_ssm``'s, whose
     one-warp block per (batch row, channel) suits long sequences; such a mixer is not fused. Default
-    from ``ACHILLES_INTERP_SHORT_SCAN_MAX_LEN`` (0: never, until the H200 measures which is faster).
+    from ``ACHILLES_INTERP_SHORT_SCAN_MAX_LEN`` (0: never; opt-in because which scan is faster
+    depends on the shape: ``benchmarks/short_scan.py``).
     """
 
     name = "cuda"
