@@ -108,6 +108,12 @@ def test_patch_cli_help_and_errors(checkpoints, capsys, tmp_path):
     assert main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--n", "1", "--out", str(tmp_path / "x")]) == 2
     assert main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--probe-examples", "3",
                  "--out", str(tmp_path / "x")]) == 2
+    mamba2_only = tmp_path / "results.json"
+    mamba2_only.write_text(json.dumps({"cells": [{"task": "inverse-matching", "model": "mamba", "mixer": "mamba2",
+                                                  "accuracy": {"test": {"mean": 0.2}}}]}))
+    assert main(["patch", "--checkpoint", str(checkpoints / "mamba"), "--mixer", "mamba1",
+                 "--reproduction", str(mamba2_only), "--out", str(tmp_path / "x")]) == 2
+    assert "has no mamba1 cells (it has: mamba2)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -178,6 +178,13 @@ def run(args: argparse.Namespace) -> int:
     elif reproduction is not None and not Path(reproduction).is_file():
         raise CLIError(f"--reproduction {reproduction}: no such file (give a reproduction's results.json, or 'none')")
     grid = json.loads(Path(reproduction).read_text())["cells"] if reproduction else None
+    if grid is not None and not any(c.get("mixer") == args.mixer for c in grid):
+        # without this, the verdict's grid rows would all read "not measured"
+        have = sorted({c["mixer"] for c in grid if c.get("mixer")})
+        raise CLIError(f"--reproduction {reproduction} has no {args.mixer} cells "
+                       f"(it has: {', '.join(have) or 'none'}); "
+                       f"render it with `achilles-interp reproduce --render-only --mixers ... {args.mixer}`, "
+                       "or pass --reproduction none to judge on the study alone")
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
     checkpoints = list(args.checkpoint or [])
